@@ -1,0 +1,505 @@
+"""plan(): what this node should do now, and why. Pure and deterministic.
+
+No I/O and no clock reads: the same (desired, observed, inventory, now, node) always
+gives the same Plan. Actions are ordered: reaps and stops before starts, so that a
+start only happens once the GPUs and port it needs are free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reconciler.gpuassign import assign_gpus
+from reconciler.launch import NodeContext, engine_launch, ray_launch, startup_timeout
+from reconciler.loader import DesiredState
+from reconciler.model import (
+    Action,
+    LaunchSpec,
+    MarkReady,
+    MemberKey,
+    ObservedState,
+    Placement,
+    Plan,
+    ProcessObservation,
+    Reap,
+    ReplicaKey,
+    ReplicaPlacement,
+    ReplicaState,
+    ReplicaStatus,
+    Start,
+    Stop,
+)
+from reconciler.model import Inventory as InventoryModel
+from reconciler.placement import place
+from reconciler.spechash import spec_hash
+from schemas.v1alpha1 import ModelDeployment
+
+
+@dataclass
+class _Wanted:
+    """One member this node should run for a replica placed on it."""
+
+    member: MemberKey
+    placement: ReplicaPlacement
+    dep: ModelDeployment
+    spec_hash: str
+    gpus_needed: int
+
+
+@dataclass
+class _Work:
+    actions: list[Action] = field(default_factory=list)
+    statuses: dict[ReplicaKey, ReplicaStatus] = field(default_factory=dict)
+    stopping: set[MemberKey] = field(default_factory=set)
+    failed_now: set[ReplicaKey] = field(default_factory=set)
+
+
+def _role_of(p: ReplicaPlacement, node: str) -> str:
+    if not p.multi_node:
+        return "single"
+    return "leader" if p.leader == node else "follower"
+
+
+def wanted_members(
+    desired: DesiredState, placement: Placement, node: str
+) -> dict[MemberKey, _Wanted]:
+    out: dict[MemberKey, _Wanted] = {}
+    for p in placement.on_node(node):
+        dep = desired.deployments[p.key.deployment]
+        h = spec_hash(desired.cluster, dep)
+        if not p.multi_node:
+            m = MemberKey(p.key, "engine")
+            out[m] = _Wanted(m, p, dep, h, p.gpus_per_node)
+        elif p.leader == node:
+            head = MemberKey(p.key, "ray-head")
+            out[head] = _Wanted(head, p, dep, h, p.gpus_per_node)
+            drv = MemberKey(p.key, "engine")
+            out[drv] = _Wanted(drv, p, dep, h, 0)
+        else:
+            w = MemberKey(p.key, "ray-worker")
+            out[w] = _Wanted(w, p, dep, h, p.gpus_per_node)
+    return out
+
+
+def _why_unwanted(member: MemberKey, desired: DesiredState, placement: Placement, node: str) -> str:
+    name = member.replica.deployment
+    dep = desired.deployments.get(name)
+    if dep is None:
+        return f"{member.replica}: deployment {name!r} no longer in the desired state"
+    if dep.spec.suspend:
+        return f"{member.replica}: deployment suspended"
+    if member.replica.index >= dep.spec.replicas:
+        return f"{member.replica}: scaled down to {dep.spec.replicas} replica(s)"
+    p = placement.replicas.get(member.replica)
+    if p is None:
+        reason = placement.unschedulable.get(member.replica, "not placed")
+        return f"{member.replica}: {reason}"
+    if node not in p.nodes:
+        return f"{member.replica}: placed on {', '.join(p.nodes)} now"
+    return f"{member.replica}: role changed on this node"
+
+
+def _usable_gpus(observed: ObservedState) -> tuple[list[int], dict[int, str]]:
+    usable: list[int] = []
+    blocked: dict[int, str] = {}
+    if not observed.gpus.available:
+        return usable, blocked
+    for gpu in observed.gpus.gpus:
+        foreign = [pid for pid in gpu.process_pids if pid in observed.foreign_pids]
+        if not gpu.healthy:
+            blocked[gpu.index] = f"GPU {gpu.index} unhealthy ({gpu.health_detail})"
+        elif foreign:
+            blocked[gpu.index] = (
+                f"GPU {gpu.index} used by a process we don't own (pid {foreign[0]})"
+            )
+        else:
+            usable.append(gpu.index)
+    return usable, blocked
+
+
+def _replica_ready_at(
+    key: ReplicaKey,
+    h: str,
+    observed: ObservedState,
+    node: str,
+    placement: Placement,
+) -> bool:
+    """Is this replica serving at hash h, as far as this node can know?"""
+    p = placement.replicas.get(key)
+    if p is not None and p.leader == node:
+        proc = observed.processes.get(MemberKey(key, "engine"))
+        return bool(proc and proc.running and proc.spec_hash == h and proc.health == "ready")
+    peer = observed.peers.get(key)
+    return bool(peer and peer.spec_hash == h and peer.ready)
+
+
+def _rollout_allows_replace(
+    proc: ProcessObservation,
+    w: _Wanted,
+    desired: DesiredState,
+    observed: ObservedState,
+    placement: Placement,
+    node: str,
+) -> tuple[bool, str]:
+    """May the old-hash member of this replica be stopped now?"""
+    if proc.health != "ready":
+        return True, "not serving, nothing to protect"
+    rollout = w.dep.spec.rollout
+    if rollout.strategy == "Recreate":
+        return True, "Recreate"
+    # RollingUpdate: replace in index order, with at most maxUnavailable replicas of the
+    # deployment not ready at the new hash ahead of this one.
+    behind = 0
+    for index in range(w.member.replica.index):
+        key = ReplicaKey(w.member.replica.deployment, index)
+        if key not in placement.replicas:
+            continue
+        if not _replica_ready_at(key, w.spec_hash, observed, node, placement):
+            behind += 1
+    if behind >= rollout.max_unavailable:
+        return False, (
+            f"rolling update: waiting for {behind} earlier replica(s) to be ready at "
+            f"{w.spec_hash} (maxUnavailable {rollout.max_unavailable})"
+        )
+    return True, "rolling update"
+
+
+def plan(
+    desired: DesiredState | None,
+    observed: ObservedState,
+    inventory: InventoryModel,
+    now: float,
+    node: NodeContext,
+) -> Plan:
+    if desired is None:
+        # Desired-unknown is not desired-empty: with no good revision yet, touch nothing.
+        return Plan(
+            actions=(),
+            replicas={},
+            placement=Placement({}, {}),
+            notes=("no valid desired state yet: nothing is started or stopped",),
+        )
+    placement = place(desired)
+    wanted = wanted_members(desired, placement, node.name)
+    work = _Work()
+
+    # 1. processes that exited: forget them, counting unexpected exits as failures
+    for member, proc in sorted(observed.processes.items()):
+        if proc.running:
+            continue
+        w = wanted.get(member)
+        expected = w is not None and w.spec_hash == proc.spec_hash
+        code = "unknown" if proc.exit_code is None else str(proc.exit_code)
+        reason = f"{member}: exited (code {code})"
+        if proc.detail:
+            reason += f": {proc.detail}"
+        work.actions.append(Reap(member, reason, failure=expected))
+        if expected:
+            work.failed_now.add(member.replica)
+
+    # 2. running processes that should not run, or not like this
+    for member, proc in sorted(observed.processes.items()):
+        if not proc.running:
+            continue
+        w = wanted.get(member)
+        if w is None:
+            work.actions.append(Stop(member, _why_unwanted(member, desired, placement, node.name)))
+            work.stopping.add(member)
+            continue
+        if proc.spec_hash != w.spec_hash:
+            ok, why = _rollout_allows_replace(proc, w, desired, observed, placement, node.name)
+            if ok:
+                work.actions.append(
+                    Stop(
+                        member,
+                        f"{member.replica}: spec changed (hash {proc.spec_hash} -> "
+                        f"{w.spec_hash}); {why}",
+                    )
+                )
+                work.stopping.add(member)
+            else:
+                work.statuses[member.replica] = _status(w, "Ready", why, node.name, proc, old=True)
+            continue
+        timeout = startup_timeout(desired.cluster, w.dep)
+        if proc.health == "starting" and now - proc.started_at > timeout:
+            work.actions.append(
+                Stop(
+                    member,
+                    f"{member.replica}: not ready {timeout:.0f}s after start (startup timeout)",
+                    failure=True,
+                )
+            )
+            work.stopping.add(member)
+            work.failed_now.add(member.replica)
+        elif (
+            proc.health == "unhealthy"
+            and proc.unhealthy_since is not None
+            and now - proc.unhealthy_since > node.unhealthy_grace_s
+        ):
+            work.actions.append(
+                Stop(
+                    member,
+                    f"{member.replica}: unhealthy for {now - proc.unhealthy_since:.0f}s "
+                    f"({proc.detail or 'health probe failing'})",
+                    failure=True,
+                )
+            )
+            work.stopping.add(member)
+            work.failed_now.add(member.replica)
+
+    # 3. GPU assignment for what should run here
+    usable, blocked = _usable_gpus(observed)
+    # GPUs of members on their way out stay reserved, except for the same member's
+    # successor: apply stops the old process before starting the new one (and skips the
+    # start if the stop fails), so a replaced engine lands on the GPUs it freed.
+    reserved = frozenset(
+        i
+        for m, proc in observed.processes.items()
+        if proc.running and m not in wanted
+        for i in proc.gpus
+    )
+    previous = {m: o.gpus for m, o in inventory.members.items()}
+    for m, proc in observed.processes.items():
+        previous.setdefault(m, proc.gpus)
+    needs = {m: w.gpus_needed for m, w in wanted.items()}
+    running_ok = {
+        m
+        for m, proc in observed.processes.items()
+        if proc.running
+        and m in wanted
+        and m not in work.stopping
+        and proc.spec_hash == wanted[m].spec_hash
+    }
+    # running members keep exactly what they have
+    fixed = {m: observed.processes[m].gpus for m in running_ok}
+    taken = {i for g in fixed.values() for i in g}
+    assignment, gpu_missing = assign_gpus(
+        {m: n for m, n in needs.items() if m not in fixed},
+        [i for i in usable if i not in taken],
+        previous,
+        reserved,
+    )
+    assignment.update(fixed)
+
+    # 4. starts, per replica, honouring backoff, rollout, GPUs and Ray formation order
+    # Ray members first: on a leader the head must be up before the engine (driver).
+    for member, w in sorted(wanted.items(), key=lambda kv: (kv[0].replica, kv[0].role == "engine")):
+        key = member.replica
+        proc = observed.processes.get(member)
+        if member in running_ok:
+            assert proc is not None
+            _running_status(work, w, proc, observed, node, inventory)
+            continue
+        if proc is not None and proc.running and member not in work.stopping:
+            continue  # old hash held back by the rollout; status already set
+        blocked_by = _start_blockers(
+            member, w, work, observed, inventory, now, node, wanted, gpu_missing, blocked
+        )
+        if blocked_by is not None:
+            state, reason = blocked_by
+            if key not in work.statuses or work.statuses[key].state == "Ready":
+                work.statuses[key] = _status(w, state, reason, node.name, proc)
+            continue
+        launch = _launch(node, desired, w, assignment[member])
+        why = "not running"
+        if key in work.failed_now or (proc is not None and not proc.running):
+            why = "restarting after failure"
+        elif member in work.stopping:
+            why = "replacing with the new spec"
+        work.actions.append(
+            Start(launch, f"{key}: start {member.role} ({why}), hash {w.spec_hash}")
+        )
+        work.statuses.setdefault(key, _status(w, "Starting", why, node.name, None, launch))
+
+    # 5. replicas that are nowhere: say why, cluster-wide
+    for key, reason in placement.unschedulable.items():
+        dep = desired.deployments[key.deployment]
+        work.statuses[key] = ReplicaStatus(
+            key, "Pending", reason, "single", (), spec_hash(desired.cluster, dep)
+        )
+
+    notes = _drift_notes(desired, observed, node.name)
+    ordered = sorted(work.actions, key=_action_rank)
+    return Plan(
+        actions=tuple(ordered),
+        replicas=dict(sorted(work.statuses.items())),
+        placement=placement,
+        notes=tuple(notes),
+    )
+
+
+def _action_rank(action: Action) -> int:
+    if isinstance(action, Reap):
+        return 0
+    if isinstance(action, Stop):
+        return 1
+    if isinstance(action, MarkReady):
+        return 2
+    return 3
+
+
+def _start_blockers(
+    member: MemberKey,
+    w: _Wanted,
+    work: _Work,
+    observed: ObservedState,
+    inventory: InventoryModel,
+    now: float,
+    node: NodeContext,
+    wanted: dict[MemberKey, _Wanted],
+    gpu_missing: dict[MemberKey, str],
+    blocked: dict[int, str],
+) -> tuple[ReplicaState, str] | None:
+    key = member.replica
+    record = inventory.restarts.get(key)
+    if record is not None:
+        failures = node.backoff.effective_failures(record, now)
+        if key in work.failed_now:
+            failures += 1
+            last = now
+        else:
+            last = record.last_failure_at if record.last_failure_at is not None else now
+        if failures > 0:
+            at = last + node.backoff.delay(key, failures)
+            if at > now:
+                return (
+                    "CrashLoopBackOff",
+                    f"restart {failures} in {at - now:.0f}s ({record.last_reason or 'failed'})",
+                )
+    if member in gpu_missing:
+        detail = gpu_missing[member]
+        if blocked:
+            detail += "; " + "; ".join(blocked[i] for i in sorted(blocked))
+        if not observed.gpus.available:
+            detail += f"; GPUs not observable: {observed.gpus.error or 'NVML unavailable'}"
+        return "Pending", f"waiting for GPUs: {detail}"
+    p = w.placement
+    if p.multi_node and member.role == "engine":
+        head = MemberKey(key, "ray-head")
+        head_proc = observed.processes.get(head)
+        if head_proc is None or not head_proc.running or head_proc.spec_hash != w.spec_hash:
+            return "Pending", "waiting for this replica's Ray head to start"
+        view = observed.ray.get(key)
+        expected = len(p.nodes)
+        alive = len(view.alive_nodes) if view else 0
+        gpus = view.gpus if view else 0.0
+        need_gpus = p.gpus_per_node * expected
+        if alive < expected or gpus < need_gpus:
+            return "Pending", (
+                f"waiting for Ray members: {alive}/{expected} nodes, {gpus:g}/{need_gpus} GPUs"
+            )
+    if p.multi_node and member.role == "ray-worker":
+        peer = observed.peers.get(key)
+        if peer is None or peer.spec_hash != w.spec_hash:
+            seen = "unknown" if peer is None else f"at hash {peer.spec_hash}"
+            return "Pending", (
+                f"waiting for leader {p.leader}'s Ray head at hash {w.spec_hash} (leader {seen})"
+            )
+    if w.dep.spec.rollout.strategy == "Recreate":
+        old = [
+            m
+            for m, proc in observed.processes.items()
+            if m.replica.deployment == key.deployment
+            and proc.running
+            and proc.spec_hash != w.spec_hash
+            and m not in work.stopping
+        ]
+        if old:
+            return "Pending", f"Recreate: waiting for {len(old)} old member(s) to stop"
+    return None
+
+
+def _launch(
+    node: NodeContext, desired: DesiredState, w: _Wanted, gpus: tuple[int, ...]
+) -> LaunchSpec:
+    if w.member.role == "engine":
+        return engine_launch(node, desired.cluster, w.dep, w.placement, w.spec_hash, gpus)
+    return ray_launch(node, desired.cluster, w.dep, w.placement, w.spec_hash, gpus)
+
+
+def _status(
+    w: _Wanted,
+    state: ReplicaState,
+    reason: str,
+    node: str,
+    proc: ProcessObservation | None,
+    launch: LaunchSpec | None = None,
+    old: bool = False,
+) -> ReplicaStatus:
+    gpus = launch.gpus if launch else (proc.gpus if proc else ())
+    return ReplicaStatus(
+        replica=w.member.replica,
+        state=state,
+        reason=reason,
+        role=_role_of(w.placement, node),
+        nodes=w.placement.nodes,
+        spec_hash=w.spec_hash if not old or proc is None else proc.spec_hash,
+        gpus=gpus,
+        port=w.placement.port,
+    )
+
+
+def _running_status(
+    work: _Work,
+    w: _Wanted,
+    proc: ProcessObservation,
+    observed: ObservedState,
+    node: NodeContext,
+    inventory: InventoryModel,
+) -> None:
+    key = w.member.replica
+    if w.member.role == "engine":
+        if proc.health == "ready":
+            state: ReplicaState = "Ready"
+            reason = "serving"
+            record = inventory.restarts.get(key)
+            if record is None or record.ready_since is None:
+                work.actions.append(MarkReady(key, f"{key}: ready"))
+        elif proc.health == "unhealthy":
+            state, reason = "Starting", f"health probe failing: {proc.detail}"
+        else:
+            state, reason = "Starting", "loading (health probe not answering yet)"
+        work.statuses[key] = _status(w, state, reason, node.name, proc)
+        return
+    # a Ray member: the engine (on the leader) decides the replica's state; a follower
+    # reports what the leader says
+    if key in work.statuses:
+        return
+    peer = observed.peers.get(key)
+    if w.member.role == "ray-worker":
+        if peer is not None and peer.ready and peer.spec_hash == w.spec_hash:
+            work.statuses[key] = _status(w, "Ready", "serving (led by the leader)", node.name, proc)
+        else:
+            work.statuses[key] = _status(
+                w, "Starting", "Ray worker joined; waiting for the leader's engine", node.name, proc
+            )
+
+
+def _drift_notes(desired: DesiredState, observed: ObservedState, node: str) -> list[str]:
+    notes: list[str] = []
+    decl = next((n for n in desired.cluster.spec.nodes if n.name == node), None)
+    if decl is None:
+        notes.append(f"node {node!r} is not in the Cluster document: it runs nothing")
+        return notes
+    gpus = observed.gpus
+    if not gpus.available:
+        if decl.gpus.count:
+            notes.append(f"GPUs not observable: {gpus.error or 'NVML unavailable'}")
+        return notes
+    if len(gpus.gpus) != decl.gpus.count:
+        notes.append(f"GPU count drift: declared {decl.gpus.count}, found {len(gpus.gpus)}")
+    if decl.gpus.model:
+        odd = sorted({g.name for g in gpus.gpus if g.name != decl.gpus.model})
+        if odd:
+            notes.append(f"GPU model drift: declared {decl.gpus.model!r}, found {odd}")
+    for g in gpus.gpus:
+        if abs(g.memory_total_mib / 1024 - decl.gpus.memory_gib) > max(
+            1.0, 0.03 * decl.gpus.memory_gib
+        ):
+            notes.append(
+                f"GPU {g.index} memory drift: declared {decl.gpus.memory_gib:g} GiB, found "
+                f"{g.memory_total_mib / 1024:.1f} GiB"
+            )
+    if gpus.simulated:
+        notes.append("GPUs are SIMULATED from the node config (no NVML)")
+    return notes

@@ -1,0 +1,190 @@
+"""YAML reading that remembers where every value came from.
+
+PyYAML's plain loaders forget positions and silently keep the last of duplicate keys.
+Here each document becomes plain Python data plus a map from field path to
+(line, column), so that schema errors can point at the exact spot in the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from reconciler.errors import Problem
+
+FieldPath = tuple[str | int, ...]
+# Aliases can expand exponentially ("billion laughs"); real documents are far smaller.
+MAX_NODES = 200_000
+MAX_FILE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class Document:
+    file: Path
+    index: int  # position of the document within its file, from 0
+    data: Any
+    positions: dict[FieldPath, tuple[int, int]] = field(default_factory=dict)
+
+    def where(self, path: FieldPath) -> tuple[int, int]:
+        """Position of the longest prefix of `path` that exists in the file."""
+        for cut in range(len(path), -1, -1):
+            pos = self.positions.get(path[:cut])
+            if pos is not None:
+                return pos
+        return (1, 1)
+
+    def problem(self, path: FieldPath, message: str) -> Problem:
+        line, col = self.where(path)
+        return Problem(str(self.file), line, col, format_path(path), message)
+
+
+def format_path(path: FieldPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+class _Walker:
+    def __init__(self, file: Path, doc: Document) -> None:
+        self.file = file
+        self.doc = doc
+        self.count = 0
+        self.problems: list[Problem] = []
+        self.constructor = SafeConstructor()
+
+    def walk(self, node: Node, path: FieldPath) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise _TooLarge
+        self.doc.positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+        if isinstance(node, MappingNode):
+            out: dict[Any, Any] = {}
+            seen: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    self._add(key_node, path, "merge keys ('<<') are not supported; write it out")
+                    continue
+                if not isinstance(key_node, ScalarNode):
+                    self._add(key_node, path, "keys must be plain scalars")
+                    continue
+                key = self._scalar(key_node, path)
+                if not isinstance(key, str | int | bool | float) and key is not None:
+                    self._add(key_node, path, f"unsupported key type {type(key).__name__}")
+                    continue
+                key_s = str(key) if not isinstance(key, str) else key
+                if key_s in seen:
+                    self._add(
+                        key_node,
+                        (*path, key_s),
+                        f"duplicate key {key_s!r} (first defined on line {seen[key_s]})",
+                    )
+                    continue
+                seen[key_s] = key_node.start_mark.line + 1
+                self.doc.positions[(*path, key_s)] = (
+                    key_node.start_mark.line + 1,
+                    key_node.start_mark.column + 1,
+                )
+                out[key_s] = self.walk(value_node, (*path, key_s))
+                # the key's own position was set above; keep it (more useful than the value's)
+            return out
+        if isinstance(node, SequenceNode):
+            return [self.walk(item, (*path, i)) for i, item in enumerate(node.value)]
+        assert isinstance(node, ScalarNode)
+        return self._scalar(node, path)
+
+    def _scalar(self, node: ScalarNode, path: FieldPath) -> Any:
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            self._add(node, path, f"bad value: {exc}")
+            return None
+
+    def _add(self, node: Node, path: FieldPath, message: str) -> None:
+        self.problems.append(
+            Problem(
+                str(self.file),
+                node.start_mark.line + 1,
+                node.start_mark.column + 1,
+                format_path(path),
+                message,
+            )
+        )
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def read_documents(file: Path) -> tuple[list[Document], list[Problem]]:
+    """Parse every document in `file`. Never raises for bad content: returns problems."""
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        return [], [Problem(str(file), 1, 1, "", f"cannot read file: {exc.strerror}")]
+    if len(raw) > MAX_FILE_BYTES:
+        return [], [
+            Problem(str(file), 1, 1, "", f"file is {len(raw)} bytes; the limit is {MAX_FILE_BYTES}")
+        ]
+    if b"\0" in raw:
+        offset = raw.index(b"\0")
+        line = raw.count(b"\n", 0, offset) + 1
+        return [], [Problem(str(file), line, 1, "", "binary content (NUL byte): not a YAML file")]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        return [], [Problem(str(file), line, col, "", "not valid UTF-8 text")]
+    if not text.strip() or all(
+        not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()
+    ):
+        return [], [Problem(str(file), 1, 1, "", "file is empty: no YAML documents in it")]
+
+    docs: list[Document] = []
+    problems: list[Problem] = []
+    try:
+        for index, node in enumerate(yaml.compose_all(text, Loader=yaml.SafeLoader)):
+            if node is None:
+                continue
+            doc = Document(file=file, index=index, data=None)
+            walker = _Walker(file, doc)
+            try:
+                doc.data = walker.walk(node, ())
+            except _TooLarge:
+                problems.append(
+                    Problem(str(file), 1, 1, "", f"document expands to over {MAX_NODES} nodes")
+                )
+                continue
+            problems.extend(walker.problems)
+            if doc.data is None:
+                continue
+            docs.append(doc)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        col = mark.column + 1 if mark else 1
+        message = exc.problem or "invalid YAML"
+        if "\t" in message or (mark is not None and _tab_at(text, mark.line, mark.column)):
+            message = "tab character: YAML indentation must use spaces"
+        else:
+            message = f"invalid YAML: {message}"
+            if exc.context:
+                message += f" ({exc.context})"
+        problems.append(Problem(str(file), line, col, "", message))
+    except yaml.YAMLError as exc:
+        problems.append(Problem(str(file), 1, 1, "", f"invalid YAML: {exc}"))
+    return docs, problems
+
+
+def _tab_at(text: str, line: int, column: int) -> bool:
+    lines = text.splitlines()
+    if line >= len(lines):
+        return False
+    prefix = lines[line][: column + 1]
+    return "\t" in prefix

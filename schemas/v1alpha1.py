@@ -1,0 +1,311 @@
+"""Desired-state documents, version v1alpha1.
+
+Every document is an envelope `{apiVersion, kind, metadata, spec}`. Field names are
+camelCase in YAML (the convention operators know from Kubernetes); unknown fields are
+errors so that a typo never silently turns into a default.
+
+This module imports nothing from `reconciler`: the schemas are the contract, the
+reconciler is one consumer of it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "reconciler.dev/v1alpha1"
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+_NAME_RE = re.compile(NAME_PATTERN)
+# Environment names a deployment may not set: the daemon derives them per node and
+# replica, and letting git override them would break GPU isolation or Ray attachment.
+RESERVED_ENV = frozenset(
+    {
+        "CUDA_VISIBLE_DEVICES",
+        "RAY_ADDRESS",
+        "VLLM_HOST_IP",
+        "VLLM_PORT",
+        "NCCL_SOCKET_IFNAME",
+        "GLOO_SOCKET_IFNAME",
+        "PATH",
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "PYTHONPATH",
+        "HOME",
+    }
+)
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Flags the daemon itself sets from typed fields; passing them again through extraArgs
+# would make the typed field a lie.
+MANAGED_FLAGS = frozenset(
+    {
+        "--model",
+        "--served-model-name",
+        "--host",
+        "--port",
+        "--tensor-parallel-size",
+        "-tp",
+        "--pipeline-parallel-size",
+        "-pp",
+        "--data-parallel-size",
+        "-dp",
+        "--distributed-executor-backend",
+        "--gpu-memory-utilization",
+        "--max-model-len",
+        "--dtype",
+        "--kv-cache-dtype",
+    }
+)
+
+
+class Strict(BaseModel):
+    """Base: camelCase aliases, unknown fields rejected, immutable."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        str_strip_whitespace=False,
+    )
+
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="DNS-label style name")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Metadata(Strict):
+    name: Name
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class PortRange(Strict):
+    """An inclusive range of TCP ports."""
+
+    start: Port
+    end: Port
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PortRange:
+        if self.end < self.start:
+            raise ValueError(f"end ({self.end}) is below start ({self.start})")
+        return self
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.start <= port <= self.end
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+
+class GpuDeclaration(Strict):
+    """The GPUs a node is declared to have; the daemon checks this against NVML."""
+
+    count: int = Field(ge=0, le=64)
+    model: str = Field(default="", description="e.g. 'NVIDIA A800-SXM4-80GB'; empty: any")
+    memory_gib: float = Field(gt=0, le=4096, description="memory per GPU in GiB")
+
+
+class Node(Strict):
+    name: Name
+    address: str = Field(description="IP address on the cluster network (Ray, NCCL)")
+    labels: dict[str, str] = Field(default_factory=dict)
+    gpus: GpuDeclaration
+    status_port: Port = Field(default=9400, description="the daemon's HTTP listener")
+
+    @field_validator("address")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address") from None
+        return value
+
+
+class NetworkSettings(Strict):
+    """Interfaces the collective libraries must use (multi-NIC hosts pick wrong ones)."""
+
+    nccl_socket_ifname: str | None = None
+    gloo_socket_ifname: str | None = None
+    nccl_ib_hca: str | None = None
+
+
+class PortRanges(Strict):
+    engine: PortRange = Field(default_factory=lambda: PortRange(start=8000, end=8099))
+    ray: PortRange = Field(
+        default_factory=lambda: PortRange(start=20000, end=29999),
+        description="split into one block per multi-node replica (rayBlockSize ports each)",
+    )
+    ray_block_size: int = Field(default=100, ge=20, le=10000)
+
+
+class EngineDefaults(Strict):
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    startup_timeout_seconds: int = Field(default=1800, ge=10)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class ClusterSpec(Strict):
+    nodes: list[Node] = Field(min_length=1)
+    network: NetworkSettings = Field(default_factory=NetworkSettings)
+    ports: PortRanges = Field(default_factory=PortRanges)
+    engine_defaults: EngineDefaults = Field(default_factory=EngineDefaults)
+
+
+class Cluster(Strict):
+    api_version: Literal["reconciler.dev/v1alpha1"]
+    kind: Literal["Cluster"]
+    metadata: Metadata
+    spec: ClusterSpec
+
+
+class ModelArchitecture(Strict):
+    """Declared model shape, used by the fit check when config.json is not readable here."""
+
+    parameters: float = Field(gt=0, description="parameter count, e.g. 671e9")
+    num_layers: int = Field(gt=0)
+    num_kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    # MLA models (DeepSeek V3/R1) cache one compressed latent per token and layer instead
+    # of K and V per head: kv bytes/token/layer = kvLoraRank + qkRopeHeadDim.
+    kv_lora_rank: int | None = Field(default=None, gt=0)
+    qk_rope_head_dim: int | None = Field(default=None, gt=0)
+
+
+Dtype = Literal["auto", "bfloat16", "float16", "float32", "fp8", "int8", "int4"]
+
+
+class ModelSource(Strict):
+    path: str | None = Field(default=None, description="absolute path, same on every node")
+    hub_id: str | None = Field(default=None, description="e.g. deepseek-ai/DeepSeek-R1")
+    served_name: str = Field(min_length=1, max_length=200)
+    weights_dtype: Dtype = Field(
+        default="auto", description="dtype of the stored weights, for the fit check"
+    )
+    architecture: ModelArchitecture | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSource:
+        if (self.path is None) == (self.hub_id is None):
+            raise ValueError("set exactly one of 'path' and 'hubId'")
+        if self.path is not None:
+            if not self.path.startswith("/"):
+                raise ValueError(f"path {self.path!r} must be absolute")
+            if ".." in self.path.split("/"):
+                raise ValueError(f"path {self.path!r} must not contain '..'")
+        return self
+
+
+class Parallelism(Strict):
+    tensor: int = Field(default=1, ge=1, le=64)
+    pipeline: int = Field(default=1, ge=1, le=64)
+    data: int = Field(default=1, ge=1, le=64)
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor * self.pipeline * self.data
+
+
+class Placement(Strict):
+    nodes: list[Name] | None = Field(default=None, description="explicit node names")
+    node_selector: dict[str, str] | None = Field(
+        default=None, description="labels a node must all carry"
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Placement:
+        if self.nodes is not None and self.node_selector is not None:
+            raise ValueError("set 'nodes' or 'nodeSelector', not both")
+        return self
+
+
+class EngineSettings(Strict):
+    """vLLM settings as typed fields; anything else goes to extraArgs."""
+
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    max_model_len: int | None = Field(default=None, gt=0)
+    dtype: Dtype = "auto"
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16"] = "auto"
+    extra_args: list[str] = Field(default_factory=list, max_length=200)
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("extra_args")
+    @classmethod
+    def _safe_args(cls, args: list[str]) -> list[str]:
+        for arg in args:
+            if any(ch in arg for ch in "\n\r\0"):
+                raise ValueError(f"extra argument {arg!r} contains a line break or NUL")
+            flag = arg.split("=", 1)[0]
+            if flag in MANAGED_FLAGS:
+                raise ValueError(f"{flag} is set from a typed field; use that field instead")
+        return args
+
+    @field_validator("env")
+    @classmethod
+    def _safe_env(cls, env: dict[str, str]) -> dict[str, str]:
+        for key, value in env.items():
+            if not _ENV_NAME_RE.match(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+            if key in RESERVED_ENV:
+                raise ValueError(f"{key} is set by the daemon and may not be overridden")
+            if "\0" in value:
+                raise ValueError(f"value of {key} contains NUL")
+        return env
+
+
+class Probes(Strict):
+    startup_timeout_seconds: int | None = Field(
+        default=None, ge=10, description="loading a 671B model can take an hour"
+    )
+    period_seconds: float = Field(default=5, gt=0, le=300)
+    timeout_seconds: float = Field(default=2, gt=0, le=60)
+
+
+class Rollout(Strict):
+    strategy: Literal["RollingUpdate", "Recreate"] = "RollingUpdate"
+    max_surge: int = Field(default=0, ge=0)
+    max_unavailable: int = Field(default=1, ge=0)
+
+    @model_validator(mode="after")
+    def _progress(self) -> Rollout:
+        if self.strategy == "RollingUpdate" and self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError("maxSurge and maxUnavailable cannot both be 0")
+        return self
+
+
+class ModelDeploymentSpec(Strict):
+    model: ModelSource
+    replicas: int = Field(default=1, ge=0, le=1024)
+    parallelism: Parallelism = Field(default_factory=Parallelism)
+    executor: Literal["ray", "mp"] = "ray"
+    placement: Placement = Field(default_factory=Placement)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    port: Port = Field(description="the engine's HTTP port; must lie in the cluster's range")
+    probes: Probes = Field(default_factory=Probes)
+    rollout: Rollout = Field(default_factory=Rollout)
+    suspend: bool = False
+
+
+class ModelDeployment(Strict):
+    api_version: Literal["reconciler.dev/v1alpha1"]
+    kind: Literal["ModelDeployment"]
+    metadata: Metadata
+    spec: ModelDeploymentSpec
+
+
+KINDS: dict[str, type[Cluster] | type[ModelDeployment]] = {
+    "Cluster": Cluster,
+    "ModelDeployment": ModelDeployment,
+}
+
+
+def is_valid_name(name: str) -> bool:
+    return bool(_NAME_RE.match(name))
