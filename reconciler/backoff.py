@@ -23,7 +23,7 @@ class BackoffPolicy:
         """Seconds to wait after the `failures`-th consecutive failure before restarting."""
         if failures <= 1:
             return 0.0
-        base = min(self.max_s, self.initial_s * 2 ** (failures - 2))
+        base = min(self.max_s, self.initial_s * 2.0 ** (failures - 2))
         digest = hashlib.sha256(f"{key}:{failures}".encode()).digest()
         unit = int.from_bytes(digest[:4], "big") / 0xFFFFFFFF  # in [0, 1]
         return max(0.0, min(self.max_s, base * (1 + self.jitter * (2 * unit - 1))))

@@ -285,12 +285,12 @@ def plan(
     # Ray members first: on a leader the head must be up before the engine (driver).
     for member, w in sorted(wanted.items(), key=lambda kv: (kv[0].replica, kv[0].role == "engine")):
         key = member.replica
-        proc = observed.processes.get(member)
+        current = observed.processes.get(member)
         if member in running_ok:
-            assert proc is not None
-            _running_status(work, w, proc, observed, node, inventory)
+            assert current is not None
+            _running_status(work, w, current, observed, node, inventory)
             continue
-        if proc is not None and proc.running and member not in work.stopping:
+        if current is not None and current.running and member not in work.stopping:
             continue  # old hash held back by the rollout; status already set
         blocked_by = _start_blockers(
             member, w, work, observed, inventory, now, node, wanted, gpu_missing, blocked
@@ -298,11 +298,11 @@ def plan(
         if blocked_by is not None:
             state, reason = blocked_by
             if key not in work.statuses or work.statuses[key].state == "Ready":
-                work.statuses[key] = _status(w, state, reason, node.name, proc)
+                work.statuses[key] = _status(w, state, reason, node.name, current)
             continue
         launch = _launch(node, desired, w, assignment[member])
         why = "not running"
-        if key in work.failed_now or (proc is not None and not proc.running):
+        if key in work.failed_now or (current is not None and not current.running):
             why = "restarting after failure"
         elif member in work.stopping:
             why = "replacing with the new spec"
@@ -312,17 +312,22 @@ def plan(
         work.statuses.setdefault(key, _status(w, "Starting", why, node.name, None, launch))
 
     # 5. replicas that are nowhere: say why, cluster-wide
+    hashes: dict[str, str] = {}
     for key, reason in placement.unschedulable.items():
-        dep = desired.deployments[key.deployment]
+        if key.deployment not in hashes:
+            dep = desired.deployments[key.deployment]
+            hashes[key.deployment] = spec_hash(desired.cluster, dep)
         work.statuses[key] = ReplicaStatus(
-            key, "Pending", reason, "single", (), spec_hash(desired.cluster, dep)
+            key, "Pending", reason, "single", (), hashes[key.deployment]
         )
 
     notes = _drift_notes(desired, observed, node.name)
     ordered = sorted(work.actions, key=_action_rank)
     return Plan(
         actions=tuple(ordered),
-        replicas=dict(sorted(work.statuses.items())),
+        replicas=dict(
+            sorted(work.statuses.items(), key=lambda kv: (kv[0].deployment, kv[0].index))
+        ),
         placement=placement,
         notes=tuple(notes),
     )

@@ -36,7 +36,9 @@ def uses_gpus(cluster: Cluster, dep: ModelDeployment) -> bool:
     return any(n.gpus.count > 0 for n in candidate_nodes(cluster, dep))
 
 
-def replica_shape(cluster: Cluster, dep: ModelDeployment) -> ReplicaShape | str:
+def replica_shape(
+    cluster: Cluster, dep: ModelDeployment, candidates: list[Node] | None = None
+) -> ReplicaShape | str:
     """The shape of one replica, or a reason why no shape works.
 
     A replica spans as few nodes as possible. On several nodes each contributes the same
@@ -45,10 +47,11 @@ def replica_shape(cluster: Cluster, dep: ModelDeployment) -> ReplicaShape | str:
     """
     par = dep.spec.parallelism
     world = par.world_size
-    candidates = candidate_nodes(cluster, dep)
+    if candidates is None:
+        candidates = candidate_nodes(cluster, dep)
     if not candidates:
         return "no node matches the placement"
-    if not uses_gpus(cluster, dep):
+    if not any(n.gpus.count > 0 for n in candidates):
         if world != 1:
             return f"CPU engines run one rank; parallelism asks for {world}"
         return ReplicaShape(nodes=1, gpus_per_node=0)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.system.conftest_netns"]
+
 try:
     from tests.gitserver import (
         GitDaemonServer,
