@@ -139,6 +139,9 @@ def engine_launch(
     if placement.multi_node and placement.ray_block is not None:
         leader = _node(cluster, placement.leader)
         env["RAY_ADDRESS"] = f"{leader.address}:{ray_ports(cluster, placement.ray_block).gcs}"
+    # NVML numbers GPUs in PCI bus order, CUDA fastest-first by default: make CUDA agree
+    # with the indices we assigned from NVML.
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     env[MARKER_MEMBER] = member.slug
     env[MARKER_HASH] = spec_hash
     return LaunchSpec(
@@ -205,6 +208,9 @@ def ray_launch(
             nccl_ib_hca=net.nccl_ib_hca,
         )
     )
+    # NVML numbers GPUs in PCI bus order, CUDA fastest-first by default: make CUDA agree
+    # with the indices we assigned from NVML.
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     env[MARKER_MEMBER] = member.slug
     env[MARKER_HASH] = spec_hash
     return LaunchSpec(

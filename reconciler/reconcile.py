@@ -120,7 +120,8 @@ class Reconciler:
         self._record_states(the_plan, reconcile_id)
         if (
             desired is not None
-            and not the_plan.actions
+            and the_plan.empty
+            and all(r.ok for r in results)
             and all(s.state == "Ready" for s in the_plan.replicas.values() if s.nodes)
         ):
             self.inventory.set_applied(desired.revision)

@@ -323,7 +323,7 @@ class NvmlGpuPort:
         nv = self._nvml
         uuid = str(nv.nvmlDeviceGetUUID(handle))
         name = str(nv.nvmlDeviceGetName(handle))
-        mem = nv.nvmlDeviceGetMemoryInfo(handle)
+        mem = self._memory(handle)
         util = self._optional(nv.nvmlDeviceGetUtilizationRates, handle)
         temp = self._temperature(handle)
         pids: set[int] = set()
@@ -352,6 +352,17 @@ class NvmlGpuPort:
             healthy=not problems,
             health_detail="; ".join(notes),
         )
+
+    def _memory(self, handle: Any) -> Any:
+        """Memory info v2 (used excludes driver-reserved memory, as nvidia-smi shows it);
+        v1 where the driver or pynvml lacks v2 (its `used` includes the reserved part)."""
+        nv = self._nvml
+        version = getattr(nv, "nvmlMemory_v2", None)
+        if version is not None:
+            mem = self._optional(nv.nvmlDeviceGetMemoryInfo, handle, version)
+            if mem is not None:
+                return mem
+        return nv.nvmlDeviceGetMemoryInfo(handle)
 
     def _temperature(self, handle: Any) -> int | None:
         nv = self._nvml
