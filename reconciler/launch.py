@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 from reconciler import ray_commands
 from reconciler.backoff import BackoffPolicy
@@ -30,8 +31,20 @@ class NodeContext:
     api_server_module: str = "vllm.entrypoints.openai.api_server"
     env: Mapping[str, str] = field(default_factory=dict)
     state_dir: str = "/var/lib/reconciler"
+    allowed_model_roots: tuple[str, ...] = ()  # empty: any absolute path
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     unhealthy_grace_s: float = 30.0
+
+
+def model_path_allowed(ctx: NodeContext, path: str | None) -> bool:
+    """Is a model path inside one of the node's allowed roots? (hub ids are not paths)"""
+    if path is None or not ctx.allowed_model_roots:
+        return True
+    parts = PurePosixPath(path).parts
+    if ".." in parts:
+        return False
+    return any(parts[: len(PurePosixPath(r).parts)] == PurePosixPath(r).parts
+               for r in ctx.allowed_model_roots)
 
 
 def _node(cluster: Cluster, name: str) -> Node:

@@ -10,7 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from reconciler.gpuassign import assign_gpus
-from reconciler.launch import NodeContext, engine_launch, ray_launch, startup_timeout
+from reconciler.launch import (
+    NodeContext,
+    engine_launch,
+    model_path_allowed,
+    ray_launch,
+    startup_timeout,
+)
 from reconciler.loader import DesiredState
 from reconciler.model import (
     Action,
@@ -356,6 +362,12 @@ def _start_blockers(
     blocked: dict[int, str],
 ) -> tuple[ReplicaState, str] | None:
     key = member.replica
+    model_path = w.dep.spec.model.path
+    if not model_path_allowed(node, model_path):
+        return "Pending", (
+            f"model path {model_path} is outside this node's allowed model roots "
+            f"({', '.join(node.allowed_model_roots)})"
+        )
     record = inventory.restarts.get(key)
     if record is not None:
         failures = node.backoff.effective_failures(record, now)

@@ -324,3 +324,20 @@ def test_node_missing_from_cluster_runs_nothing_and_says_so() -> None:
 def test_memberkey_slug_round_trip() -> None:
     m = MemberKey(ReplicaKey("deep-seek", 3), "ray-worker")
     assert MemberKey.from_slug(m.slug) == m
+
+
+def test_model_path_outside_allowed_roots_is_refused() -> None:
+    from dataclasses import replace
+
+    c = cluster(node("n0"))
+    d = deployment("llama")  # /models/llama
+    inside = replace(ctx("n0"), allowed_model_roots=("/models",))
+    assert kinds(plan(desired(c, d), observed("n0", gpus(8)), EMPTY, 0.0, inside)) == [
+        "Start:llama/0/engine"]
+    outside = replace(ctx("n0"), allowed_model_roots=("/srv/models", "/data"))
+    p = plan(desired(c, d), observed("n0", gpus(8)), EMPTY, 0.0, outside)
+    assert p.empty and "outside this node's allowed model roots" in p.replicas[
+        ReplicaKey("llama", 0)].reason
+    sneaky = deployment("x", model={"path": "/models2/x", "servedName": "x"})
+    p = plan(desired(c, sneaky), observed("n0", gpus(8)), EMPTY, 0.0, inside)
+    assert p.empty
