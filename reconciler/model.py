@@ -127,8 +127,9 @@ class ProcessObservation:
 class PeerReplica:
     """What another node reports about a replica it leads (for rollouts and fate sharing)."""
 
-    spec_hash: str
-    ready: bool
+    spec_hash: str  # of what the leader runs (its Ray head, or its engine)
+    ready: bool  # the replica's engine answers
+    head_up: bool = False  # multi-node: the leader's Ray head is running at spec_hash
 
 
 @dataclass(frozen=True)

@@ -253,6 +253,9 @@ def plan(
             work.stopping.add(member)
             work.failed_now.add(member.replica)
 
+    # 2b. fate sharing: a multi-node replica lives and dies as one group
+    _fate_sharing(work, wanted, observed)
+
     # 3. GPU assignment for what should run here
     usable, blocked = _usable_gpus(observed)
     # GPUs of members on their way out stay reserved, except for the same member's
@@ -339,6 +342,44 @@ def plan(
     )
 
 
+def _fate_sharing(work: _Work, wanted: dict[MemberKey, _Wanted], observed: ObservedState) -> None:
+    def live(member: MemberKey) -> bool:
+        proc = observed.processes.get(member)
+        return bool(proc and proc.running and member not in work.stopping)
+
+    def stop(member: MemberKey, reason: str, failure: bool) -> None:
+        work.actions.append(Stop(member, reason, failure=failure))
+        work.stopping.add(member)
+        if failure:
+            work.failed_now.add(member.replica)
+
+    for member, w in sorted(wanted.items()):
+        p = w.placement
+        if not p.multi_node:
+            continue
+        key = member.replica
+        if member.role == "engine" and live(member):
+            head = MemberKey(key, "ray-head")
+            if not live(head):
+                stop(member, f"{key}: fate sharing: this replica's Ray head is gone", False)
+                continue
+            view = observed.ray.get(key)
+            if view is not None and len(view.alive_nodes) < len(p.nodes):
+                reason = (
+                    f"{key}: fate sharing: Ray member lost ({len(view.alive_nodes)}/"
+                    f"{len(p.nodes)} nodes alive); restarting the whole replica"
+                )
+                stop(member, reason, True)
+                stop(head, reason, False)
+        elif member.role == "ray-worker" and live(member):
+            peer = observed.peers.get(key)
+            if peer is None:
+                continue  # leader unreachable: cannot know; Ray itself notices a dead head
+            if peer.spec_hash != w.spec_hash or not peer.head_up:
+                what = "is down" if not peer.head_up else f"runs hash {peer.spec_hash}"
+                stop(member, f"{key}: fate sharing: the leader's Ray head {what}", False)
+
+
 def _action_rank(action: Action) -> int:
     if isinstance(action, Reap):
         return 0
@@ -407,7 +448,7 @@ def _start_blockers(
             )
     if p.multi_node and member.role == "ray-worker":
         peer = observed.peers.get(key)
-        if peer is None or peer.spec_hash != w.spec_hash:
+        if peer is None or peer.spec_hash != w.spec_hash or not peer.head_up:
             seen = "unknown" if peer is None else f"at hash {peer.spec_hash}"
             return "Pending", (
                 f"waiting for leader {p.leader}'s Ray head at hash {w.spec_hash} (leader {seen})"

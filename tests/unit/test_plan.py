@@ -238,7 +238,7 @@ def test_multi_node_leader_forms_ray_then_starts_engine() -> None:
     assert p.empty and "waiting for leader" in p.replicas[key].reason
     stale = {key: PeerReplica(spec_hash="0ld0ld0ld0ld", ready=True)}
     assert plan(want, observed(follower, gpus(8), peers=stale), EMPTY, 0.0, ctx(follower)).empty
-    fresh = {key: PeerReplica(spec_hash=h, ready=False)}  # type: ignore[arg-type]
+    fresh = {key: PeerReplica(spec_hash=h, ready=False, head_up=True)}  # type: ignore[arg-type]
     p = plan(want, observed(follower, gpus(8), peers=fresh), EMPTY, 0.0, ctx(follower))
     assert kinds(p) == ["Start:r1/0/ray-worker"]
 
@@ -252,8 +252,33 @@ def test_multi_node_member_death_restarts_group_locally() -> None:
     dead_head = proc("r1", role="ray-head", spec_hash=h, running=False, exit_code=1)  # type: ignore[arg-type]
     engine = proc("r1", role="engine", spec_hash=h, gpus=())  # type: ignore[arg-type]
     p = plan(want, observed(leader, gpus(8), dead_head, engine), EMPTY, 0.0, ctx(leader))
-    # the head is reaped and restarted; the engine depended on it
-    assert "Reap:r1/0/ray-head" in kinds(p)
+    # the head is reaped and restarted; the engine that depended on it is stopped
+    assert kinds(p) == ["Reap:r1/0/ray-head", "Stop:r1/0/engine", "Start:r1/0/ray-head"]
+
+
+def test_multi_node_lost_member_tears_down_the_replica_on_the_leader() -> None:
+    c, d, h = multi_node_setup()
+    want = desired(c, d)  # type: ignore[arg-type]
+    from reconciler.placement import place
+
+    key = ReplicaKey("r1", 0)
+    leader, follower = place(want).replicas[key].nodes
+    head = proc("r1", role="ray-head", spec_hash=h, gpus=tuple(range(8)))  # type: ignore[arg-type]
+    engine = proc("r1", role="engine", spec_hash=h, gpus=())  # type: ignore[arg-type]
+    whole = {key: RayView(("a", "b"), 16)}
+    assert plan(want, observed(leader, gpus(8), head, engine, ray=whole), EMPTY, 0.0,
+                ctx(leader)).actions == (MarkReady(key, "r1/0: ready"),)
+    half = {key: RayView(("a",), 8)}
+    p = plan(want, observed(leader, gpus(8), head, engine, ray=half), EMPTY, 0.0, ctx(leader))
+    assert kinds(p)[:2] == ["Stop:r1/0/engine", "Stop:r1/0/ray-head"]
+    assert "1/2 nodes alive" in p.actions[0].reason  # type: ignore[union-attr]
+    # the follower sees the leader's head down (or at another hash) and leaves too
+    worker = proc("r1", role="ray-worker", spec_hash=h, gpus=tuple(range(8)))  # type: ignore[arg-type]
+    down = {key: PeerReplica(h, ready=False, head_up=False)}  # type: ignore[arg-type]
+    p = plan(want, observed(follower, gpus(8), worker, peers=down), EMPTY, 0.0, ctx(follower))
+    assert kinds(p) == ["Stop:r1/0/ray-worker"]
+    unknown = observed(follower, gpus(8), worker)  # leader unreachable: no guess
+    assert plan(want, unknown, EMPTY, 0.0, ctx(follower)).actions == ()
 
 
 def test_rolling_update_goes_in_index_order() -> None:

@@ -120,7 +120,7 @@ def test_applying_a_plan_then_replanning_converges(state: DesiredState) -> None:
             for key, rp in placement.replicas.items():
                 if rp.multi_node:
                     h = spec_hash(state.cluster, state.deployments[key.deployment])
-                    peers[key] = PeerReplica(h, True)
+                    peers[key] = PeerReplica(h, ready=True, head_up=True)
                     ray[key] = RayView(tuple(rp.nodes), float(rp.gpus_per_node * len(rp.nodes)))
             obs = replace(obs, peers=peers, ray=ray)
         final = plan(state, obs, Inventory(), 0.0, ctx(n.name))
