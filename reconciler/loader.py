@@ -53,9 +53,13 @@ def _validation_problems(doc: Document, exc: ValidationError) -> list[Problem]:
         # parts that do not exist in the document so the path stays the user's.
         clean: list[str | int] = []
         for part in loc:
-            if isinstance(part, str) and part.startswith(("function-", "literal[", "union[")):
+            if isinstance(part, str) and (
+                part.startswith(("function-", "literal[", "union[")) or part == "[key]"
+            ):
                 continue
             clean.append(part)
+        if any(tuple(clean[: len(bad)]) == bad for bad in doc.unreadable):
+            continue  # the YAML reader already said why this value is missing
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown field (check the spelling; see `reconciler schema`)"
@@ -68,8 +72,9 @@ def _validation_problems(doc: Document, exc: ValidationError) -> list[Problem]:
 
 
 def parse_documents(
-    files: list[Path],
+    files: list[Path], kinds_seen: set[str] | None = None
 ) -> tuple[list[tuple[Document, Cluster | ModelDeployment]], list[Problem]]:
+    """Validate every document; `kinds_seen` collects the kind of each, valid or not."""
     parsed: list[tuple[Document, Cluster | ModelDeployment]] = []
     problems: list[Problem] = []
     for file in files:
@@ -83,6 +88,8 @@ def parse_documents(
                 continue
             api_version = doc.data.get("apiVersion")
             kind = doc.data.get("kind")
+            if kinds_seen is not None and isinstance(kind, str):
+                kinds_seen.add(kind)
             if api_version is None:
                 problems.append(doc.problem((), "missing apiVersion"))
                 continue
@@ -93,6 +100,9 @@ def parse_documents(
                         f"unsupported apiVersion {api_version!r}; expected {API_VERSION!r}",
                     )
                 )
+                continue
+            if kind is None:
+                problems.append(doc.problem((), "missing kind"))
                 continue
             if kind not in KINDS:
                 known = ", ".join(sorted(KINDS))
@@ -122,10 +132,12 @@ def load_directory(root: Path, revision: str = "local") -> DesiredState:
         raise InvalidDesiredState(
             [Problem(str(root), 1, 1, "", f"{len(files)} YAML files; the limit is {MAX_FILES}")]
         )
-    parsed, problems = parse_documents(files)
+    kinds_seen: set[str] = set()
+    parsed, problems = parse_documents(files, kinds_seen)
     clusters = [(d, m) for d, m in parsed if isinstance(m, Cluster)]
     deployments = [(d, m) for d, m in parsed if isinstance(m, ModelDeployment)]
-    if not clusters and not any("Cluster" in p.message for p in problems):
+    # an invalid Cluster document was already reported: "no Cluster" would only mislead
+    if not clusters and "Cluster" not in kinds_seen:
         problems.append(
             Problem(str(root), 1, 1, "", "no Cluster document found (need exactly one)")
         )

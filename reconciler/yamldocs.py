@@ -21,6 +21,8 @@ FieldPath = tuple[str | int, ...]
 # Aliases can expand exponentially ("billion laughs"); real documents are far smaller.
 MAX_NODES = 200_000
 MAX_FILE_BYTES = 4 * 1024 * 1024
+# Nesting deeper than this is no desired state; it would only exhaust the Python stack.
+MAX_DEPTH = 100
 
 
 @dataclass
@@ -29,6 +31,8 @@ class Document:
     index: int  # position of the document within its file, from 0
     data: Any
     positions: dict[FieldPath, tuple[int, int]] = field(default_factory=dict)
+    # values already reported as unreadable (and read as null): schema errors there are noise
+    unreadable: set[FieldPath] = field(default_factory=set)
 
     def where(self, path: FieldPath) -> tuple[int, int]:
         """Position of the longest prefix of `path` that exists in the file."""
@@ -57,12 +61,30 @@ class _Walker:
         self.count = 0
         self.problems: list[Problem] = []
         self.constructor = SafeConstructor()
+        self.open: set[int] = set()  # ids of the collection nodes being walked (alias cycles)
 
     def walk(self, node: Node, path: FieldPath) -> Any:
         self.count += 1
         if self.count > MAX_NODES:
             raise _TooLarge
         self.doc.positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+        if isinstance(node, ScalarNode):
+            return self._scalar(node, path)
+        if id(node) in self.open:
+            self._add(node, path, "recursive alias: an anchor is used inside itself")
+            self.doc.unreadable.add(path)
+            return None
+        if len(path) >= MAX_DEPTH:
+            self._add(node, path, f"nested deeper than {MAX_DEPTH} levels")
+            self.doc.unreadable.add(path)
+            return None
+        self.open.add(id(node))
+        try:
+            return self._collection(node, path)
+        finally:
+            self.open.discard(id(node))
+
+    def _collection(self, node: Node, path: FieldPath) -> Any:
         if isinstance(node, MappingNode):
             out: dict[Any, Any] = {}
             seen: dict[Any, int] = {}
@@ -93,17 +115,22 @@ class _Walker:
                 out[key_s] = self.walk(value_node, (*path, key_s))
                 # the key's own position was set above; keep it (more useful than the value's)
             return out
-        if isinstance(node, SequenceNode):
-            return [self.walk(item, (*path, i)) for i, item in enumerate(node.value)]
-        assert isinstance(node, ScalarNode)
-        return self._scalar(node, path)
+        assert isinstance(node, SequenceNode)
+        return [self.walk(item, (*path, i)) for i, item in enumerate(node.value)]
 
     def _scalar(self, node: ScalarNode, path: FieldPath) -> Any:
         try:
             return self.constructor.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError as exc:
+            self._add(node, path, f"bad value: {exc.problem or exc}")
         except yaml.YAMLError as exc:
             self._add(node, path, f"bad value: {exc}")
-            return None
+        except Exception as exc:
+            # PyYAML's scalar constructors let plain exceptions escape: `2024-13-01` (resolved
+            # as a date) ValueError, `!!int abc` ValueError, `!!int ''` IndexError...
+            self._add(node, path, f"bad value {node.value!r} for {_tag_name(node.tag)}: {exc}")
+        self.doc.unreadable.add(path)
+        return None
 
     def _add(self, node: Node, path: FieldPath, message: str) -> None:
         self.problems.append(
@@ -121,6 +148,17 @@ class _TooLarge(Exception):
     pass
 
 
+def _tag_name(tag: str) -> str:
+    return tag.removeprefix("tag:yaml.org,2002:")
+
+
+def _line_col(text: str, offset: int) -> tuple[int, int]:
+    """1-based line and column of a character offset."""
+    line = text.count("\n", 0, offset) + 1
+    col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return line, col
+
+
 def read_documents(file: Path) -> tuple[list[Document], list[Problem]]:
     """Parse every document in `file`. Never raises for bad content: returns problems."""
     try:
@@ -132,14 +170,12 @@ def read_documents(file: Path) -> tuple[list[Document], list[Problem]]:
             Problem(str(file), 1, 1, "", f"file is {len(raw)} bytes; the limit is {MAX_FILE_BYTES}")
         ]
     if b"\0" in raw:
-        offset = raw.index(b"\0")
-        line = raw.count(b"\n", 0, offset) + 1
-        return [], [Problem(str(file), line, 1, "", "binary content (NUL byte): not a YAML file")]
+        line, col = _line_col(raw.decode("latin-1"), raw.index(b"\0"))
+        return [], [Problem(str(file), line, col, "", "binary content (NUL byte): not a YAML file")]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        line, col = _line_col(raw.decode("latin-1"), exc.start)
         return [], [Problem(str(file), line, col, "", "not valid UTF-8 text")]
     if not text.strip() or all(
         not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()
@@ -177,8 +213,17 @@ def read_documents(file: Path) -> tuple[list[Document], list[Problem]]:
             if exc.context:
                 message += f" ({exc.context})"
         problems.append(Problem(str(file), line, col, "", message))
+    except yaml.reader.ReaderError as exc:
+        line, col = _line_col(text, exc.position)
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        problems.append(
+            Problem(str(file), line, col, "", f"invalid YAML: character #x{char:04x}: {exc.reason}")
+        )
     except yaml.YAMLError as exc:
         problems.append(Problem(str(file), 1, 1, "", f"invalid YAML: {exc}"))
+    except RecursionError:
+        # PyYAML's composer recurses once per nesting level
+        problems.append(Problem(str(file), 1, 1, "", "nested too deeply to be a YAML document"))
     return docs, problems
 
 

@@ -13,7 +13,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 API_VERSION = "reconciler.dev/v1alpha1"
@@ -75,6 +82,36 @@ class Strict(BaseModel):
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="DNS-label style name")]
 Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _env_name(key: str) -> str:
+    if not _ENV_NAME_RE.match(key):
+        raise ValueError(f"{key!r} is not a valid environment variable name")
+    if key in RESERVED_ENV:
+        raise ValueError(f"{key} is set by the daemon and may not be overridden")
+    return key
+
+
+def _env_value(value: str) -> str:
+    if "\0" in value:
+        raise ValueError("the value contains NUL")
+    return value
+
+
+def _extra_arg(arg: str) -> str:
+    if any(ch in arg for ch in "\n\r\0"):
+        raise ValueError(f"extra argument {arg!r} contains a line break or NUL")
+    flag = arg.split("=", 1)[0]
+    if flag in MANAGED_FLAGS:
+        raise ValueError(f"{flag} is set from a typed field; use that field instead")
+    return arg
+
+
+# Validated per key / per item so that an error points at the offending entry.
+EnvName = Annotated[str, AfterValidator(_env_name)]
+EnvValue = Annotated[str, AfterValidator(_env_value)]
+EnvMap = dict[EnvName, EnvValue]
+ExtraArg = Annotated[str, AfterValidator(_extra_arg)]
 
 
 class Metadata(Strict):
@@ -150,7 +187,7 @@ class PortRanges(Strict):
 class EngineDefaults(Strict):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     startup_timeout_seconds: int = Field(default=1800, ge=10)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvMap = Field(default_factory=dict)
 
 
 class ClusterSpec(Strict):
@@ -192,15 +229,20 @@ class ModelSource(Strict):
     )
     architecture: ModelArchitecture | None = None
 
+    @field_validator("path")
+    @classmethod
+    def _safe_path(cls, path: str | None) -> str | None:
+        if path is not None:
+            if not path.startswith("/"):
+                raise ValueError(f"path {path!r} must be absolute")
+            if ".." in path.split("/"):
+                raise ValueError(f"path {path!r} must not contain '..'")
+        return path
+
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
         if (self.path is None) == (self.hub_id is None):
             raise ValueError("set exactly one of 'path' and 'hubId'")
-        if self.path is not None:
-            if not self.path.startswith("/"):
-                raise ValueError(f"path {self.path!r} must be absolute")
-            if ".." in self.path.split("/"):
-                raise ValueError(f"path {self.path!r} must not contain '..'")
         return self
 
 
@@ -234,31 +276,8 @@ class EngineSettings(Strict):
     max_model_len: int | None = Field(default=None, gt=0)
     dtype: Dtype = "auto"
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16"] = "auto"
-    extra_args: list[str] = Field(default_factory=list, max_length=200)
-    env: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("extra_args")
-    @classmethod
-    def _safe_args(cls, args: list[str]) -> list[str]:
-        for arg in args:
-            if any(ch in arg for ch in "\n\r\0"):
-                raise ValueError(f"extra argument {arg!r} contains a line break or NUL")
-            flag = arg.split("=", 1)[0]
-            if flag in MANAGED_FLAGS:
-                raise ValueError(f"{flag} is set from a typed field; use that field instead")
-        return args
-
-    @field_validator("env")
-    @classmethod
-    def _safe_env(cls, env: dict[str, str]) -> dict[str, str]:
-        for key, value in env.items():
-            if not _ENV_NAME_RE.match(key):
-                raise ValueError(f"{key!r} is not a valid environment variable name")
-            if key in RESERVED_ENV:
-                raise ValueError(f"{key} is set by the daemon and may not be overridden")
-            if "\0" in value:
-                raise ValueError(f"value of {key} contains NUL")
-        return env
+    extra_args: list[ExtraArg] = Field(default_factory=list, max_length=200)
+    env: EnvMap = Field(default_factory=dict)
 
 
 class Probes(Strict):
