@@ -290,14 +290,12 @@ class Probes(Strict):
 
 class Rollout(Strict):
     strategy: Literal["RollingUpdate", "Recreate"] = "RollingUpdate"
-    max_surge: int = Field(default=0, ge=0)
-    max_unavailable: int = Field(default=1, ge=0)
-
-    @model_validator(mode="after")
-    def _progress(self) -> Rollout:
-        if self.strategy == "RollingUpdate" and self.max_surge == 0 and self.max_unavailable == 0:
-            raise ValueError("maxSurge and maxUnavailable cannot both be 0")
-        return self
+    # Each replica owns its port (spec.port + index) and its GPUs, so a replacement runs
+    # where its predecessor ran: replicas are replaced in place and surge is not offered.
+    max_surge: int = Field(
+        default=0, ge=0, le=0, description="reserved; replicas are replaced in place (0)"
+    )
+    max_unavailable: int = Field(default=1, ge=1, description="replicas replaced at once")
 
 
 class ModelDeploymentSpec(Strict):

@@ -312,7 +312,12 @@ CASES = [
     Case(
         "rollout-cannot-progress",
         {"chat.yaml": CHAT + "  rollout: {maxSurge: 0, maxUnavailable: 0}\n"},
-        (Expect("chat.yaml", 12, 3, "spec.rollout", "maxSurge and maxUnavailable cannot both"),),
+        (Expect("chat.yaml", 12, 26, "spec.rollout.maxUnavailable", "greater than or equal to 1"),),
+    ),
+    Case(
+        "rollout-surge-not-offered",
+        {"chat.yaml": CHAT + "  rollout: {maxSurge: 1}\n"},
+        (Expect("chat.yaml", 12, 13, "spec.rollout.maxSurge", "less than or equal to 0"),),
     ),
     Case(
         "node-address-not-ip",
