@@ -23,7 +23,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cluster-repo" / "clusters" / "cpu-demo"
-MODEL_ROOT = Path("/var/tmp/reconciler-demo/models")
+# a fixed path the example cluster repo names; /var/tmp survives reboots, unlike /tmp
+MODEL_ROOT = Path("/var/tmp/reconciler-demo/models")  # noqa: S108
 MODEL_DIR = MODEL_ROOT / "tiny-llama"
 STATUS_PORT = 19400
 ENGINE_URL = "http://127.0.0.1:18000"
@@ -96,7 +97,7 @@ def write_node_config(work: Path, repo: Path, engine_python: Path, keep: bool) -
 
 def get_status() -> dict[str, Any] | None:
     try:
-        with urllib.request.urlopen(  # noqa: S310 (fixed loopback URL)
+        with urllib.request.urlopen(
             f"http://127.0.0.1:{STATUS_PORT}/status", timeout=2
         ) as resp:
             data = json.loads(resp.read())

@@ -6,8 +6,13 @@ never to decide placement (that is computed locally from the revision).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol
+import http.client
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from reconciler.model import PeerReplica, ReplicaKey
 
@@ -23,3 +28,85 @@ class NoPeers:
 
     def replicas(self) -> Mapping[ReplicaKey, PeerReplica]:
         return {}
+
+
+# =============================================================================================
+# The real implementation: ask the other daemons' /status over HTTP.
+# =============================================================================================
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    name: str
+    address: str
+    port: int
+
+
+def fetch_status(address: str, port: int, timeout: float) -> dict[str, Any]:
+    """GET http://address:port/status (http.client: no proxy from the environment)."""
+    host = address.strip("[]")
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/status", headers={"Accept": "application/json"})
+        resp = conn.getresponse()
+        body = resp.read(8 * 1024 * 1024)
+        if resp.status != 200:
+            raise OSError(f"/status answered {resp.status}")
+    finally:
+        conn.close()
+    data = json.loads(body)
+    if not isinstance(data, dict):
+        raise ValueError("/status is not a JSON object")
+    return data
+
+
+def peer_replicas(status: dict[str, Any]) -> dict[ReplicaKey, PeerReplica]:
+    """The replicas a peer leads (single-node ones and multi-node leaders)."""
+    node = status.get("node")
+    out: dict[ReplicaKey, PeerReplica] = {}
+    for r in status.get("replicas", []):
+        try:
+            nodes = list(r["nodes"])
+            if not nodes or nodes[0] != node or r["role"] not in ("single", "leader"):
+                continue
+            key = ReplicaKey(str(r["deployment"]), int(r["index"]))
+            out[key] = PeerReplica(spec_hash=str(r["specHash"]), ready=r["state"] == "Ready")
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+class HttpPeers:
+    """`PeerPort` over the peers' /status. Asks every other node of the Cluster document
+    in parallel with a short timeout; unreachable peers are simply absent."""
+
+    def __init__(
+        self,
+        peers: Callable[[], Sequence[PeerAddress]],
+        *,
+        timeout_s: float = 1.0,
+        fetch: Callable[[str, int, float], dict[str, Any]] = fetch_status,
+    ) -> None:
+        self._peers = peers
+        self._timeout = timeout_s
+        self._fetch = fetch
+
+    def _one(self, peer: PeerAddress) -> dict[ReplicaKey, PeerReplica]:
+        try:
+            return peer_replicas(self._fetch(peer.address, peer.port, self._timeout))
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            _log.debug("peer unreachable", extra={"peer": peer.name, "error": str(exc)})
+            return {}
+
+    def replicas(self) -> Mapping[ReplicaKey, PeerReplica]:
+        peers = list(self._peers())
+        if not peers:
+            return {}
+        merged: dict[ReplicaKey, PeerReplica] = {}
+        with ThreadPoolExecutor(max_workers=min(16, len(peers)),
+                                thread_name_prefix="peers") as pool:
+            for found in pool.map(self._one, peers):
+                merged.update(found)
+        return merged
