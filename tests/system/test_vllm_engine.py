@@ -50,19 +50,11 @@ class Engine:
         return f"http://127.0.0.1:{self.launch.port}"
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    if not ENGINE_PYTHON.exists():
-        pytest.skip(
-            f"no vLLM engine environment at {ENGINE_PYTHON} (set RECONCILER_ENGINE_PYTHON, "
-            "or run scripts/install-engine-env.sh)"
-        )
-    root = tmp_path_factory.mktemp("vllm")
-    model = make_tiny_model(root / "tiny-llama")
+def vllm_launch(model: Path, member: MemberKey, spec_hash: str) -> LaunchSpec:
     net_port = _free_port()
-    launch = LaunchSpec(
-        member=MEMBER,
-        spec_hash="sys1",
+    return LaunchSpec(
+        member=member,
+        spec_hash=spec_hash,
         argv=(
             str(ENGINE_PYTHON),
             "-m",
@@ -77,15 +69,13 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
             str(net_port),
             "--max-model-len",
             "512",
-            "--dtype",
-            "bfloat16",
             "--enforce-eager",  # no torch.compile warm-up: ready ~60 s sooner on 2 cores
             "--disable-access-log-for-endpoints",
             "/health,/v1/models",
         ),
         env={
-            "RECONCILER_MEMBER": MEMBER.slug,
-            "RECONCILER_SPEC_HASH": "sys1",
+            "RECONCILER_MEMBER": member.slug,
+            "RECONCILER_SPEC_HASH": spec_hash,
             "VLLM_CPU_KVCACHE_SPACE": "1",
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
@@ -98,6 +88,22 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
         served_name=SERVED,
         probe_timeout_s=2.0,
     )
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not ENGINE_PYTHON.exists():
+        pytest.skip(
+            f"no vLLM engine environment at {ENGINE_PYTHON} (set RECONCILER_ENGINE_PYTHON, "
+            "or run scripts/install-engine-env.sh)"
+        )
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Engine]:
+    root = tmp_path_factory.mktemp("vllm")
+    launch = vllm_launch(tiny_model, MEMBER, "sys1")
     port = LocalProcessPort(
         root / "state", log_max_bytes=4 << 20, log_backups=2, probe_interval_s=0.5
     )
@@ -163,3 +169,44 @@ def test_stop_frees_the_port(engine: Engine, caplog: pytest.LogCaptureFixture) -
     sigkill = any("SIGKILL" in r.getMessage() for r in caplog.records)
     codes = [getattr(r, "code", None) for r in caplog.records if r.getMessage() == "member exited"]
     print(f"stop took {took:.1f}s for {len(pids)} pids; SIGKILL needed: {sigkill}; exit {codes}")
+
+
+def test_stop_while_loading_needs_sigkill(
+    tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Second (and last) vLLM start-up: stop it while the engine core loads. Runs after
+    the module's engine is stopped (file order), so the two don't share the 2 cores."""
+    member = MemberKey(ReplicaKey("tiny", 1), "engine")
+    launch = vllm_launch(tiny_model, member, "sys2")
+    port = LocalProcessPort(tmp_path / "state", 4 << 20, 1, probe_interval_s=0.5)
+    try:
+        port.start(launch)
+        deadline = time.monotonic() + 90
+        while len(port.owned_pids()) < 3:  # API server + EngineCore (+ tracker, worker)
+            assert time.monotonic() < deadline, "vLLM never started its engine core"
+            (obs,) = port.list()
+            assert obs.running, port.log_path(member).read_text()[-3000:]
+            time.sleep(0.2)
+        time.sleep(2.0)
+        (obs,) = port.list()
+        assert obs.health == "starting"
+        pids = port.owned_pids()
+        caplog.set_level(logging.INFO, logger="reconciler.ports.processes")
+        t0 = time.monotonic()
+        assert port.stop(member, grace_s=3.0)
+        took = time.monotonic() - t0
+        for pid in pids:
+            st = read_stat(pid)
+            assert st is None or st.gone, f"pid {pid} survived the stop"
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", launch.port))
+        sigkill = any("SIGKILL" in r.getMessage() for r in caplog.records)
+        print(f"stop while loading took {took:.1f}s for {len(pids)} pids; SIGKILL: {sigkill}")
+    finally:
+        for o in port.list():
+            if o.running:
+                port.stop(o.member, 0.0)
+            else:
+                port.forget(o.member)
+        port.close()
