@@ -138,7 +138,8 @@ def chat_once() -> None:
     from reconciler.chat import chat
 
     result = chat(ENGINE_URL, "tiny-chat", "Say hello to the operators.", timeout=60)
-    say(f"chat answer (random weights, so random words): {result.text[:120]!r}")
+    text = "".join(ch if ch.isprintable() else "?" for ch in result.text)[:100]
+    say(f"chat answer (random weights, so random tokens): {text!r}")
     ttft = "n/a" if result.ttft_s is None else f"{result.ttft_s * 1000:.0f} ms"
     say(f"time to first token {ttft}, total {result.total_s:.2f} s")
 
