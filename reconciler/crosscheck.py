@@ -131,15 +131,7 @@ def _capacity(
     if replicas == 0:
         return []
     if shape.gpus_per_node == 0:
-        if replicas > len(candidates_gpus):
-            return [
-                doc.problem(
-                    ("spec", "replicas"),
-                    f"{replicas} CPU replicas need {replicas} nodes (one per node); "
-                    f"{len(candidates_gpus)} match",
-                )
-            ]
-        return []
+        return []  # CPU engines share nodes; they compete for cores, not GPUs
     slots = sum(g // shape.gpus_per_node for g in candidates_gpus)
     needed = replicas * shape.nodes
     if needed > slots:

@@ -78,7 +78,6 @@ class _Placer:
         self.state = state
         self.nodes = {n.name: n for n in state.cluster.spec.nodes}
         self.free = {n.name: n.gpus.count for n in state.cluster.spec.nodes}
-        self.cpu_taken = {n.name: 0 for n in state.cluster.spec.nodes}
         self.pools: dict[tuple[str, ...], _Pool] = {}
         self.rules: dict[tuple[str, ...], _Pool] = {}
         self.pools_of: dict[str, list[_Pool]] = {name: [] for name in self.nodes}
@@ -170,8 +169,6 @@ def place(state: DesiredState) -> Placement:
                 holding.add(node)
                 if shape.gpus_per_node:
                     placer.take(node, shape.gpus_per_node)
-                else:
-                    placer.cpu_taken[node] += 1
             placed[key] = ReplicaPlacement(
                 key=key,
                 nodes=tuple(chosen),
@@ -190,14 +187,13 @@ def _choose(
 ) -> list[str] | str:
     need = shape.gpus_per_node
     if need == 0:
-        # CPU engines: one per node (they compete for the same cores)
-        for name in pool.walk(key):
-            if placer.cpu_taken[name] == 0 and name not in holding:
-                return [name]
-        return (
-            f"unschedulable: needs a node without another CPU engine; "
-            f"{len(pool.nodes)} matching node(s) all busy"
-        )
+        # CPU engines take no GPU: spread replicas of a deployment over its nodes, and
+        # share a node when there are more replicas than nodes
+        names = list(pool.walk(key))
+        if not names:
+            return "unschedulable: no node matches the placement"
+        fresh = [n for n in names if n not in holding]
+        return [(fresh or names)[0]]
     if pool.count_fitting(need) < shape.nodes:
         return (
             f"unschedulable: needs {shape.gpus} GPUs ({shape.nodes} node(s) x {need}), "
