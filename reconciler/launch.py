@@ -167,6 +167,7 @@ def engine_launch(
         startup_timeout_s=startup_timeout(cluster, dep),
         served_name=spec.model.served_name,
         probe_timeout_s=spec.probes.timeout_seconds,
+        probe_period_s=spec.probes.period_seconds,
     )
 
 
@@ -188,8 +189,8 @@ def ray_launch(
     # Labels carry the replica's identity and spec hash into Ray, so the leader can check
     # that every member joined the head of the same revision.
     labels = {
-        "reconciler-replica": member.replica.deployment + "-" + str(member.replica.index),
-        "reconciler-spec-hash": spec_hash,
+        ray_commands.REPLICA_LABEL: member.replica.deployment + "-" + str(member.replica.index),
+        ray_commands.SPEC_HASH_LABEL: spec_hash,
     }
     if is_head:
         argv = ray_commands.ray_head_argv(
@@ -201,12 +202,16 @@ def ray_launch(
             labels=labels,
         )
     else:
+        # Its own temp dir under this node's state dir: without one a worker uses the
+        # head's path, which names the leader's state dir (absent here on real hosts, and
+        # the very same directory where test hosts share one file system).
         argv = ray_commands.ray_worker_argv(
             ctx.ray,
             f"{leader.address}:{ports.gcs}",
             node.address,
             ports,
             len(gpus),
+            temp_dir=ray_temp_dir(ctx.state_dir, member, spec_hash),
             labels=labels,
         )
     net = cluster.spec.network

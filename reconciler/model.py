@@ -134,10 +134,17 @@ class PeerReplica:
 
 @dataclass(frozen=True)
 class RayView:
-    """The leader's view of its replica's Ray cluster, read from the head."""
+    """The leader's view of its replica's Ray cluster, read from the head.
 
-    alive_nodes: tuple[str, ...]  # node IPs
-    gpus: float
+    Only alive nodes whose ``reconciler-spec-hash`` label equals the replica's hash count as
+    members (``alive_nodes``, ``gpus``); Ray itself does not refuse a node of another hash.
+    """
+
+    alive_nodes: tuple[str, ...]  # IPs of alive members at the replica's spec hash
+    gpus: float  # their GPUs
+    mismatched: tuple[str, ...] = ()  # alive nodes at another hash, e.g. "10.0.0.2 at abc123"
+    lost: tuple[str, ...] = ()  # IPs of members at this hash that the head marked DEAD
+    notes: tuple[str, ...] = ()  # e.g. Ray / Python version mismatches
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,7 @@ class LaunchSpec:
     startup_timeout_s: float
     served_name: str = ""
     probe_timeout_s: float = 2.0
+    probe_period_s: float = 5.0  # between health probes once ready (1 s while starting)
 
 
 @dataclass(frozen=True)

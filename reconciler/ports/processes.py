@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from reconciler.crashpoints import crash_point
 from reconciler.errors import EngineStartError
 from reconciler.model import Health, LaunchSpec, MemberKey, ProcessObservation
 from reconciler.ports.clock import Clock, SystemClock
@@ -49,6 +50,11 @@ __all__ = [
 # Env markers set by reconciler.launch (repeated here: ports import nothing from the core).
 MARKER_MEMBER = "RECONCILER_MEMBER"
 MARKER_SPEC_HASH = "RECONCILER_SPEC_HASH"
+# Set by this port on every child: which state dir owns it and the port it serves. With
+# them a restarted daemon finds (and adopts) a member whose state file was never written
+# (killed between start and write) or was lost, and never touches another daemon's.
+MARKER_STATE_DIR = "RECONCILER_STATE_DIR"
+MARKER_PORT = "RECONCILER_PORT"
 
 
 class ProcessPort(Protocol):
@@ -162,6 +168,47 @@ def _has_markers(pid: int, slug: str, spec_hash: str) -> bool:
         f"{MARKER_MEMBER}={slug}".encode() in env
         and f"{MARKER_SPEC_HASH}={spec_hash}".encode() in env
     )
+
+
+def _environ(pid: int) -> dict[str, str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    env: dict[str, str] = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+    return env
+
+
+def _cmdline(pid: int) -> tuple[str, ...]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ()
+    return tuple(os.fsdecode(a) for a in raw.split(b"\0")[:-1])
+
+
+def _flag_value(argv: Sequence[str], flag: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _wall_start(start_ticks: int) -> float | None:
+    """The wall-clock time a process started, from its start ticks and the boot time."""
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return int(line.split()[1]) + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _comm(pid: int) -> str:
@@ -335,6 +382,7 @@ class EngineRecord:
     host: str | None = None
     served_name: str = ""
     probe_timeout_s: float = 2.0
+    probe_period_s: float = 5.0
     ready_at: float | None = None  # first time it was seen ready (survives a daemon restart)
     exit_code: int | None = None  # written by the waiter of the daemon that started it
 
@@ -352,6 +400,7 @@ class EngineRecord:
             "host": self.host,
             "served_name": self.served_name,
             "probe_timeout_s": self.probe_timeout_s,
+            "probe_period_s": self.probe_period_s,
             "ready_at": self.ready_at,
             "exit_code": self.exit_code,
         }
@@ -370,6 +419,7 @@ class EngineRecord:
             host=None if data.get("host") is None else str(data["host"]),
             served_name=str(data.get("served_name", "")),
             probe_timeout_s=float(data.get("probe_timeout_s", 2.0)),
+            probe_period_s=float(data.get("probe_period_s", 5.0)),
             ready_at=None if data.get("ready_at") is None else float(data["ready_at"]),
             exit_code=None if data.get("exit_code") is None else int(data["exit_code"]),
         )
@@ -555,6 +605,9 @@ class LocalProcessPort:
         self._lock = threading.RLock()
         self._tracked: dict[MemberKey, _Tracked] = {}
         self._closed = False
+        self._state_marker = str(self.state_dir.resolve())
+        self.recovered: list[str] = []  # what _recover_unrecorded did, for tests and logs
+        self._recover_unrecorded()
         self._refresh()  # adopt what the state dir says we own; probes start at once
 
     # --- the Protocol ----------------------------------------------------------------------
@@ -616,6 +669,7 @@ class LocalProcessPort:
         finally:
             os.close(log_fd)
 
+        crash_point("engine-started")  # test-only: a daemon killed before the state file
         # Not reaped before the waiter starts, so /proc/<pid>/stat exists (maybe a zombie).
         stat = read_stat(popen.pid)
         record = EngineRecord(
@@ -630,6 +684,7 @@ class LocalProcessPort:
             host=host,
             served_name=launch.served_name,
             probe_timeout_s=launch.probe_timeout_s,
+            probe_period_s=launch.probe_period_s,
         )
         tracked = _Tracked(record=record, popen=popen)
         with self._lock:  # a concurrent _refresh must not adopt it as a stranger's
@@ -777,7 +832,126 @@ class LocalProcessPort:
         env.update(launch.env)
         env.setdefault(MARKER_MEMBER, launch.member.slug)
         env.setdefault(MARKER_SPEC_HASH, launch.spec_hash)
+        env[MARKER_STATE_DIR] = self._state_marker
+        env[MARKER_PORT] = str(launch.port)
         return env
+
+    def _recover_unrecorded(self) -> None:
+        """At start: find processes of this state dir that no state file owns, and adopt
+        or kill them.
+
+        A member process carries MARKER_STATE_DIR and MARKER_MEMBER in its environment
+        (inherited by its children). One that no live state file owns exists when the
+        previous daemon was killed between starting it and writing its state file, or when
+        its state file was lost or corrupted. A session leader (a member process proper)
+        is adopted: its state file is written back from /proc (pid, start ticks, command
+        line, spec hash and port markers); a corrupt file is kept as ``.corrupt``. Of two
+        leaders for one member the older is kept. Anything else (a second leader, children
+        of a dead leader) is killed. Processes of other state dirs are never touched.
+        """
+        records: dict[MemberKey, EngineRecord] = {}
+        for path in sorted(self.engines_dir.glob("*.json")):
+            try:
+                member = MemberKey.from_slug(path.stem)
+                records[member] = EngineRecord.from_json(json.loads(path.read_bytes()))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        stats = _all_stats()
+        owned: set[int] = set()
+        for rec in records.values():
+            owned.update(self._member_processes(rec, stats))
+        me = os.getpid()
+        strays: dict[int, dict[str, str]] = {}
+        for pid, st in stats.items():
+            if st.gone or pid == me or pid in owned:
+                continue
+            env = _environ(pid)
+            if env is None or env.get(MARKER_STATE_DIR) != self._state_marker:
+                continue
+            if MARKER_MEMBER in env:
+                strays[pid] = env
+        if not strays:
+            return
+        adopted: set[int] = set()
+        for pid in sorted(strays, key=lambda p: (stats[p].start_ticks, p)):
+            st, env = stats[pid], strays[pid]
+            if st.session != pid:
+                continue  # not a member's leader
+            try:
+                member = MemberKey.from_slug(env[MARKER_MEMBER])
+            except ValueError:
+                continue
+            known = records.get(member)
+            if known is not None and self._alive(known, stats):
+                continue  # the member already has an owned (or just adopted) leader
+            record = self._record_from_proc(member, st, env)
+            path = self._state_path(member)
+            if path.exists() and known is None:
+                with contextlib.suppress(OSError):
+                    os.replace(path, path.with_name(path.name + ".corrupt"))
+            try:
+                self._write_record(record)
+            except OSError as exc:
+                log.error("cannot write the state file of a found member",
+                          extra={"member": str(member), "pid": pid, "error": str(exc)})
+                continue
+            records[member] = record
+            adopted.add(pid)
+            self.recovered.append(f"adopted {member} pid {pid}")
+            log.warning("adopted a member that had no state file",
+                        extra={"member": str(member), "pid": pid})
+        for pid in adopted:
+            owned.update(self._member_processes(records[MemberKey.from_slug(
+                strays[pid][MARKER_MEMBER])], stats))
+        doomed = {
+            pid: stats[pid].start_ticks
+            for pid in strays
+            if pid not in owned and stats[pid].session not in adopted
+        }
+        for pid, ticks in sorted(doomed.items()):
+            now_st = read_stat(pid)
+            if now_st is None or now_st.start_ticks != ticks or now_st.gone:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if now_st.session == pid:
+                    os.killpg(pid, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+            self.recovered.append(f"killed stray pid {pid} ({strays[pid].get(MARKER_MEMBER)})")
+            log.warning("killed a stray member process",
+                        extra={"pid": pid, "member": strays[pid].get(MARKER_MEMBER)})
+        deadline = time.monotonic() + self.kill_wait_s
+        while doomed and time.monotonic() < deadline:
+            doomed = {
+                pid: ticks for pid, ticks in doomed.items()
+                if (cur := read_stat(pid)) is not None and cur.start_ticks == ticks and not cur.gone
+            }
+            if doomed:
+                time.sleep(0.05)
+
+    def _record_from_proc(
+        self, member: MemberKey, st: ProcStat, env: Mapping[str, str]
+    ) -> EngineRecord:
+        argv = _cmdline(st.pid)
+        try:
+            port = int(env.get(MARKER_PORT) or _flag_value(argv, "--port") or 0)
+        except ValueError:
+            port = 0
+        gpus = tuple(
+            int(g) for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip().isdigit()
+        )
+        return EngineRecord(
+            member=member,
+            pid=st.pid,
+            start_ticks=st.start_ticks,
+            argv=argv,
+            spec_hash=env.get(MARKER_SPEC_HASH, ""),
+            port=port,
+            gpus=gpus,
+            started_at=_wall_start(st.start_ticks) or self.clock.now(),
+            host=launch_host(argv),
+            served_name=_flag_value(argv, "--served-model-name") or "",
+        )
 
     def _refresh(self) -> None:
         """Sync the tracked set with the state files: adopt new ones, drop vanished ones."""
@@ -913,7 +1087,13 @@ class LocalProcessPort:
                 rotate_log(log_path, self.log_max_bytes, self.log_backups)
             except OSError as exc:
                 log.warning("log rotation failed", extra={"path": str(log_path), "error": str(exc)})
-            tracked.halt.wait(self.probe_interval_s)
+            # Probe fast while loading (readiness matters), at the deployment's period
+            # once ready: every probe costs the daemon CPU and the engine a log line.
+            # Children we started report their exit through the waiter at once anyway.
+            interval = self.probe_interval_s
+            if tracked.health == "ready":
+                interval = max(interval, tracked.record.probe_period_s)
+            tracked.halt.wait(interval)
 
     def _probe_once(self, tracked: _Tracked) -> None:
         rec = tracked.record
