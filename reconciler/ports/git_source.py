@@ -280,6 +280,7 @@ class GitPythonSource:
         self._git = git.Git(str(self._root))
         self._secret: str | None = None  # the last token read, for scrubbing output
         self._suspect = False  # an export failed reading objects: check before trusting
+        self._complete: set[str] = set()  # revisions whose objects were all readable
 
     @property
     def config(self) -> GitSourceConfig:
@@ -294,6 +295,8 @@ class GitPythonSource:
     def fetch(self) -> CommitInfo:
         with self._locked():
             self._ensure_mirror()
+            if self._suspect:
+                self._complete.clear()
             if self._suspect and not self._mirror_healthy():
                 self._recreate_mirror("objects unreadable during an earlier export")
             self._suspect = False
@@ -334,8 +337,10 @@ class GitPythonSource:
         with self._locked():
             self._ensure_mirror()
             sha = self._resolve(revision)
-            key = sha if self._path == "." else (
-                f"{sha}-{hashlib.sha256(self._path.encode()).hexdigest()[:12]}"
+            key = (
+                sha
+                if self._path == "."
+                else (f"{sha}-{hashlib.sha256(self._path.encode()).hexdigest()[:12]}")
             )
             final = self._exports / key
             self._exports.mkdir(parents=True, exist_ok=True)
@@ -385,13 +390,26 @@ class GitPythonSource:
     def _base_env(self) -> dict[str, str]:
         cfg = self._config
         timeout = max(1, math.ceil(cfg.timeout_s))
-        ssh = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout}",
-               "-o", "ServerAliveInterval=5", "-o", f"ServerAliveCountMax={max(1, timeout // 5)}"]
+        ssh = [
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"ConnectTimeout={timeout}",
+            "-o",
+            "ServerAliveInterval=5",
+            "-o",
+            f"ServerAliveCountMax={max(1, timeout // 5)}",
+        ]
         if cfg.ssh_key_file is not None:
             ssh += ["-i", str(cfg.ssh_key_file), "-o", "IdentitiesOnly=yes"]
         if cfg.ssh_known_hosts_file is not None:
-            ssh += ["-o", f"UserKnownHostsFile={cfg.ssh_known_hosts_file}",
-                    "-o", "StrictHostKeyChecking=yes"]
+            ssh += [
+                "-o",
+                f"UserKnownHostsFile={cfg.ssh_known_hosts_file}",
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ]
         return {
             "GIT_TERMINAL_PROMPT": "0",
             "GIT_ASKPASS": "",
@@ -464,8 +482,10 @@ class GitPythonSource:
 
     def _remove_stale_locks(self) -> None:
         # We hold the lock on checkout_dir, so any *.lock left here is from a killed run.
-        candidates = [self._mirror / n for n in ("packed-refs.lock", "HEAD.lock",
-                                                  "config.lock", "shallow.lock", "index.lock")]
+        candidates = [
+            self._mirror / n
+            for n in ("packed-refs.lock", "HEAD.lock", "config.lock", "shallow.lock", "index.lock")
+        ]
         refs = self._mirror / "refs"
         if refs.is_dir():
             candidates += list(refs.rglob("*.lock"))
@@ -477,15 +497,24 @@ class GitPythonSource:
     def _mirror_healthy(self) -> bool:
         if not self._mirror_looks_usable():
             return False
-        res = self._run(["fsck", "--connectivity-only", "--no-dangling", "--no-progress"],
-                        check=False)
+        res = self._run(
+            ["fsck", "--connectivity-only", "--no-dangling", "--no-progress"], check=False
+        )
         return res.status == 0
 
     def _objects_complete(self, sha: str) -> bool:
-        res = self._run(["rev-list", "--objects", "--missing=error", sha], check=False)
+        # Only the revision's own tree is read (export) and the commit graph is walked by
+        # merge-base; walking every object of the history on each fetch grew with the
+        # repo's age. A sha once found complete stays complete in an append-only mirror.
+        if sha in self._complete:
+            return True
+        res = self._run(["rev-list", "--objects", "--no-walk", "--missing=error", sha], check=False)
+        if res.status == 0:
+            self._complete.add(sha)
         return res.status == 0
 
     def _recreate_mirror(self, why: str) -> None:
+        self._complete.clear()
         _log.warning("git mirror re-created", extra={"why": why, "dir": str(self._mirror)})
         tmp = self._root / f".mirror-new-{secrets.token_hex(4)}"
         try:
@@ -534,12 +563,14 @@ class GitPythonSource:
         except (OSError, UnicodeDecodeError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
             raise SourceError(
-                "FetchFailed", f"cannot read token file {cfg.token_file}: {detail}",
+                "FetchFailed",
+                f"cannot read token file {cfg.token_file}: {detail}",
                 retryable=True,
             ) from None
         if not token or "\n" in token or "\r" in token:
             raise SourceError(
-                "FetchFailed", f"token file {cfg.token_file} is empty or has several lines",
+                "FetchFailed",
+                f"token file {cfg.token_file} is empty or has several lines",
                 retryable=True,
             )
         self._secret = token
@@ -574,7 +605,8 @@ class GitPythonSource:
         else:
             detail = _tail(stderr) or f"exit status {res.status}"
         raise SourceError(
-            "FetchFailed", f"git fetch from {redact_url(self._url)} failed: {detail}",
+            "FetchFailed",
+            f"git fetch from {redact_url(self._url)} failed: {detail}",
             retryable=True,
         )
 
@@ -588,21 +620,26 @@ class GitPythonSource:
         return res.text
 
     def _commit_info(self, sha: str) -> CommitInfo:
-        res = self._run(["show", "-s", "--no-show-signature",
-                         "--format=%H%x00%s%x00%an <%ae>%x00%cI", sha], check=False)
+        res = self._run(
+            ["show", "-s", "--no-show-signature", "--format=%H%x00%s%x00%an <%ae>%x00%cI", sha],
+            check=False,
+        )
         fields = res.stdout.decode("utf-8", "replace").rstrip("\n").split("\x00")
         if res.status != 0 or len(fields) != 4:
             raise SourceError(
                 "CheckoutCorrupt", f"cannot read commit {sha}", revision=sha, retryable=True
             )
-        return CommitInfo(revision=fields[0], subject=fields[1], author=fields[2],
-                          committed_at=fields[3])
+        return CommitInfo(
+            revision=fields[0], subject=fields[1], author=fields[2], committed_at=fields[3]
+        )
 
     def _resolve(self, revision: str) -> str:
         if not revision or revision.startswith("-"):
             raise ValueError(f"invalid revision: {revision!r}")
-        res = self._run(["rev-parse", "--verify", "--quiet", "--end-of-options",
-                         f"{revision}^{{commit}}"], check=False)
+        res = self._run(
+            ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{revision}^{{commit}}"],
+            check=False,
+        )
         if res.status != 0 or not _FULL_SHA.match(res.text):
             raise SourceError(
                 "FetchFailed",
@@ -618,8 +655,9 @@ class GitPythonSource:
         """The first line of the commit's signature header, or None if unsigned."""
         res = self._run(["cat-file", "commit", sha], check=False)
         if res.status != 0:
-            raise SourceError("CheckoutCorrupt", f"cannot read commit {sha}",
-                              revision=sha, retryable=True)
+            raise SourceError(
+                "CheckoutCorrupt", f"cannot read commit {sha}", revision=sha, retryable=True
+            )
         header = res.stdout.split(b"\n\n", 1)[0].decode("utf-8", "replace")
         for line in header.split("\n"):
             key, _, value = line.partition(" ")
@@ -631,53 +669,71 @@ class GitPythonSource:
         cfg = self._config
         kind = self._signature_kind(sha)
         if kind is None:
-            raise SourceError("SignatureMissing", f"commit {sha} is not signed",
-                              revision=sha, retryable=False)
-        expected = "-----BEGIN SSH SIGNATURE-----" if policy == "ssh" else (
-            "-----BEGIN PGP SIGNATURE-----")
+            raise SourceError(
+                "SignatureMissing", f"commit {sha} is not signed", revision=sha, retryable=False
+            )
+        expected = (
+            "-----BEGIN SSH SIGNATURE-----"
+            if policy == "ssh"
+            else ("-----BEGIN PGP SIGNATURE-----")
+        )
         if kind != expected:
             raise SourceError(
                 "SignatureInvalid",
                 f"commit {sha} carries a signature of another kind than {policy}",
-                revision=sha, retryable=False,
+                revision=sha,
+                retryable=False,
             )
         config: list[tuple[str, str]] = []
         env: dict[str, str] = {}
         if policy == "ssh":
-            config = [("gpg.format", "ssh"),
-                      ("gpg.ssh.allowedSignersFile", str(cfg.allowed_signers_file))]
+            config = [
+                ("gpg.format", "ssh"),
+                ("gpg.ssh.allowedSignersFile", str(cfg.allowed_signers_file)),
+            ]
         else:
             env = {"GNUPGHOME": str(cfg.gpg_home)}
-        res = self._run(["show", "-s", "--format=%G?%x00%GK%x00%GS", sha],
-                        config=config, env=env, check=False)
+        res = self._run(
+            ["show", "-s", "--format=%G?%x00%GK%x00%GS", sha], config=config, env=env, check=False
+        )
         status, _, rest = res.stdout.decode("utf-8", "replace").partition("\x00")
         key, _, signer = rest.rstrip("\n").partition("\x00")
         good = {"G"} if policy == "ssh" else {"G", "U"}
         if res.status == 0 and status in good:
-            _log.info("git signature verified",
-                      extra={"revision": sha, "key": key, "signer": signer, "policy": policy})
+            _log.info(
+                "git signature verified",
+                extra={"revision": sha, "key": key, "signer": signer, "policy": policy},
+            )
             return
         meaning = {
-            "B": "bad signature", "U": "key not in the allowed signers",
-            "X": "signature expired", "Y": "key expired", "R": "key revoked",
-            "E": "signature cannot be checked (unknown key)", "N": "no signature",
+            "B": "bad signature",
+            "U": "key not in the allowed signers",
+            "X": "signature expired",
+            "Y": "key expired",
+            "R": "key revoked",
+            "E": "signature cannot be checked (unknown key)",
+            "N": "no signature",
         }.get(status, f"verification failed ({_tail(res.stderr, 1) or status})")
         raise SourceError(
             "SignatureInvalid",
             f"commit {sha}: {meaning}" + (f" [{key}]" if key else ""),
-            revision=sha, retryable=False,
+            revision=sha,
+            retryable=False,
         )
 
     def _verify_fast_forward(self, sha: str, last_accepted: str) -> None:
-        res = self._run(["rev-parse", "--verify", "--quiet", "--end-of-options",
-                         f"{last_accepted}^{{commit}}"], check=False)
+        res = self._run(
+            ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{last_accepted}^{{commit}}"],
+            check=False,
+        )
         if res.status != 0:
             # The mirror holds all history of `sha`; a missing commit is not its ancestor.
             raise SourceError(
                 "NonFastForward",
                 f"{sha} does not descend from last accepted {last_accepted} "
                 "(that commit is no longer reachable)",
-                revision=sha, retryable=False,
+                revision=sha,
+                retryable=False,
             )
         last = res.text
         if last == sha:
@@ -689,10 +745,15 @@ class GitPythonSource:
             raise SourceError(
                 "NonFastForward",
                 f"{sha} does not descend from last accepted {last} (history was rewritten)",
-                revision=sha, retryable=False,
+                revision=sha,
+                retryable=False,
             )
-        raise SourceError("CheckoutCorrupt", f"merge-base failed: {_tail(res.stderr)}",
-                          revision=sha, retryable=True)
+        raise SourceError(
+            "CheckoutCorrupt",
+            f"merge-base failed: {_tail(res.stderr)}",
+            revision=sha,
+            retryable=True,
+        )
 
     # ----------------------------------------------------------------- export
 
@@ -701,21 +762,30 @@ class GitPythonSource:
         res = self._run(["cat-file", "-t", treeish], check=False)
         if res.status != 0 or res.text != "tree":
             what = "is not a directory" if res.status == 0 else "does not exist"
-            raise SourceError("PathNotFound", f"path {self._path!r} {what} at {sha}",
-                              revision=sha, retryable=False)
+            raise SourceError(
+                "PathNotFound",
+                f"path {self._path!r} {what} at {sha}",
+                revision=sha,
+                retryable=False,
+            )
         res = self._run(["ls-tree", "-r", "-l", "-z", treeish], check=False)
         if res.status != 0:
             self._suspect = True
-            raise SourceError("CheckoutCorrupt", f"cannot list {self._path!r} at {sha}",
-                              revision=sha, retryable=True)
+            raise SourceError(
+                "CheckoutCorrupt",
+                f"cannot list {self._path!r} at {sha}",
+                revision=sha,
+                retryable=True,
+            )
         entries = []
         for record in res.stdout.split(b"\x00"):
             if not record:
                 continue
             meta, _, name = record.partition(b"\t")
             mode, kind, oid, size = meta.decode("ascii").split()
-            entries.append(_TreeEntry(mode, kind, oid, int(size) if size != "-" else 0,
-                                      os.fsdecode(name)))
+            entries.append(
+                _TreeEntry(mode, kind, oid, int(size) if size != "-" else 0, os.fsdecode(name))
+            )
         return entries
 
     def _materialize(self, sha: str, final: Path) -> None:
@@ -723,8 +793,7 @@ class GitPythonSource:
         blobs: list[_TreeEntry] = []
         for e in entries:
             if e.kind != "blob":
-                _log.warning("git export skips submodule",
-                             extra={"revision": sha, "file": e.name})
+                _log.warning("git export skips submodule", extra={"revision": sha, "file": e.name})
             elif e.mode == "120000":
                 _log.warning("git export skips symlink", extra={"revision": sha, "file": e.name})
             elif e.size > self._config.max_blob_bytes:
@@ -732,7 +801,8 @@ class GitPythonSource:
                     "BlobTooLarge",
                     f"{e.name} is {e.size} bytes, more than max_blob_bytes "
                     f"{self._config.max_blob_bytes}",
-                    revision=sha, retryable=False,
+                    revision=sha,
+                    retryable=False,
                 )
             else:
                 blobs.append(e)
@@ -754,34 +824,48 @@ class GitPythonSource:
         batch_out = tmp / "batch.out"
         batch_in.write_text("".join(f"{b.oid}\n" for b in blobs), encoding="ascii")
         with batch_in.open("rb") as fin, batch_out.open("wb") as fout:
-            res = self._run(["cat-file", "--batch"], istream=fin, output_stream=fout,
-                            check=False)
+            res = self._run(["cat-file", "--batch"], istream=fin, output_stream=fout, check=False)
         if res.status != 0:
             self._suspect = True
-            raise SourceError("CheckoutCorrupt", f"cannot read blobs of {sha}: "
-                              f"{_tail(res.stderr)}", revision=sha, retryable=True)
+            raise SourceError(
+                "CheckoutCorrupt",
+                f"cannot read blobs of {sha}: {_tail(res.stderr)}",
+                revision=sha,
+                retryable=True,
+            )
         root = tree.resolve()
         with batch_out.open("rb") as stream:
             for blob in blobs:
                 header = stream.readline().decode("ascii", "replace").split()
                 if len(header) != 3 or header[0] != blob.oid or header[1] != "blob":
                     self._suspect = True
-                    raise SourceError("CheckoutCorrupt",
-                                      f"object {blob.oid} ({blob.name}) unreadable at {sha}",
-                                      revision=sha, retryable=True)
+                    raise SourceError(
+                        "CheckoutCorrupt",
+                        f"object {blob.oid} ({blob.name}) unreadable at {sha}",
+                        revision=sha,
+                        retryable=True,
+                    )
                 size = int(header[2])
                 dest = (tree / blob.name).resolve()
                 if root not in dest.parents:
-                    raise SourceError("PathNotFound", f"unsafe file name {blob.name!r}",
-                                      revision=sha, retryable=False)
+                    raise SourceError(
+                        "PathNotFound",
+                        f"unsafe file name {blob.name!r}",
+                        revision=sha,
+                        retryable=False,
+                    )
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with dest.open("wb") as out:
                     remaining = size
                     while remaining:
                         chunk = stream.read(min(remaining, 1 << 20))
                         if not chunk:
-                            raise SourceError("CheckoutCorrupt", "short read from cat-file",
-                                              revision=sha, retryable=True)
+                            raise SourceError(
+                                "CheckoutCorrupt",
+                                "short read from cat-file",
+                                revision=sha,
+                                retryable=True,
+                            )
                         out.write(chunk)
                         remaining -= len(chunk)
                 if blob.mode == "100755":
@@ -806,8 +890,7 @@ class GitPythonSource:
         for d in dropped:
             shutil.rmtree(d, ignore_errors=True)
         kept_shas = {d.name[:40] for d in kept}
-        res = self._run(["for-each-ref", "--format=%(refname)", self._KEEP_REF_PREFIX],
-                        check=False)
+        res = self._run(["for-each-ref", "--format=%(refname)", self._KEEP_REF_PREFIX], check=False)
         for ref in res.text.splitlines():
             if ref.removeprefix(self._KEEP_REF_PREFIX) not in kept_shas:
                 self._run(["update-ref", "-d", ref], check=False)
@@ -910,7 +993,10 @@ class LocalRefWatcher:
                     except Exception:
                         _log.exception("git ref watcher callback failed")
             except Exception as exc:
-                level = logging.DEBUG if isinstance(exc, OSError) and exc.errno in (
-                    errno.ENOENT,) else logging.WARNING
+                level = (
+                    logging.DEBUG
+                    if isinstance(exc, OSError) and exc.errno in (errno.ENOENT,)
+                    else logging.WARNING
+                )
                 _log.log(level, "git ref watcher restarting", extra={"error": repr(exc)})
                 self._stop.wait(1.0)
