@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
+from reconciler.crashpoints import crash_point
 from reconciler.errors import EngineStartError
 from reconciler.inventory import InventoryStore
 from reconciler.model import (
@@ -60,6 +61,7 @@ def apply(
         elif isinstance(action, Stop):
             ok = processes.stop(action.member, config.stop_grace_s)
             if ok:
+                crash_point("engine-stopped")  # test-only: killed before the inventory update
                 inventory.remove_member(action.member)
                 if action.failure:
                     inventory.record_failure(

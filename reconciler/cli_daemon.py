@@ -93,6 +93,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from reconciler.daemon import Daemon
     from reconciler.sdnotify import Notifier
 
+    # State, logs, the git mirror and engine files are nobody else's business: whatever
+    # umask we were started with (systemd sets UMask=0027), never create group-writable
+    # or world-accessible files. Engines inherit it.
+    os.umask(os.umask(0o027) | 0o027)
     config = _load(args.config)
     if config is None:
         return EXIT_INVALID
@@ -178,6 +182,7 @@ def render_text(nodes: list[tuple[str, str, dict[str, Any] | None, str]]) -> str
     """nodes: (name, endpoint, status or None, error)."""
     workers = []
     replicas: dict[tuple[str, int], tuple[dict[str, Any], bool]] = {}
+    members: dict[tuple[str, int], list[str]] = {}  # "node:head+engine" per node asked
     deployments: dict[str, dict[str, Any]] = {}
     for name, endpoint, st, error in nodes:
         if st is None:
@@ -207,6 +212,11 @@ def render_text(nodes: list[tuple[str, str, dict[str, Any] | None, str]]) -> str
             authoritative = bool(r["nodes"]) and r["nodes"][0] == st.get("node")
             if key not in replicas or (authoritative and not replicas[key][1]):
                 replicas[key] = (r, authoritative)
+            running = [_ROLE_SHORT.get(m.get("role", ""), "?") for m in r.get("members", [])
+                       if m.get("running")]
+            members.setdefault(key, []).append(
+                f"{st.get('node', name)}:{'+'.join(running) or '-'}"
+            )
     out = ["WORKERS", _table(
         ["NAME", "ENDPOINT", "STATE", "GPUS(decl/obs)", "ASSIGNED", "FREE", "FOREIGN",
          "MISSING", "APPLIED", "MESSAGE"], workers)]
@@ -226,13 +236,31 @@ def render_text(nodes: list[tuple[str, str, dict[str, Any] | None, str]]) -> str
         ["NAME", "SERVED", "READY", "PARALLEL", "PORT", "STATES", "NOTE"], dep_rows)]
     rep_rows = [
         [f"{r['deployment']}/{r['index']}", r["state"], r["role"], ",".join(r["nodes"]) or "-",
+         " ".join(members.get(key, [])) or "-", _ray_column(r),
          ",".join(str(g) for g in r["gpus"]) or "-", str(r["port"] or "-"),
-         r["specHash"][:12], r["reason"][:70]]
-        for _, (r, _a) in sorted(replicas.items())
+         r["specHash"][:12], r["reason"][:90]]
+        for key, (r, _a) in sorted(replicas.items())
     ]
     out += ["", "REPLICAS", _table(
-        ["REPLICA", "STATE", "ROLE", "NODES", "GPUS", "PORT", "SPEC", "REASON"], rep_rows)]
+        ["REPLICA", "STATE", "ROLE", "NODES", "MEMBERS", "RAY", "GPUS", "PORT", "SPEC",
+         "REASON"], rep_rows)]
     return "\n".join(out)
+
+
+_ROLE_SHORT = {"ray-head": "head", "ray-worker": "worker", "engine": "engine"}
+
+
+def _ray_column(r: dict[str, Any]) -> str:
+    """Leader rows: Ray members at the spec hash / nodes placed (and lost ones)."""
+    ray = r.get("ray")
+    if not ray:
+        return "-"
+    text = f"{len(ray.get('members', []))}/{len(r.get('nodes', []))}"
+    if ray.get("lost"):
+        text += f" lost {','.join(ray['lost'])}"
+    if ray.get("mismatched"):
+        text += f" other-hash {','.join(ray['mismatched'])}"
+    return text
 
 
 def cmd_status(args: argparse.Namespace) -> int:

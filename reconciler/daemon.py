@@ -155,6 +155,7 @@ def node_context(config: NodeConfig) -> NodeContext:
         env=dict(engine.env),
         state_dir=str(config.state_dir),
         allowed_model_roots=tuple(str(r) for r in engine.allowed_model_roots),
+        unhealthy_grace_s=engine.unhealthy_grace_period_seconds,
         backoff=BackoffPolicy(
             initial_s=b.initial_seconds,
             max_s=b.max_seconds,
@@ -275,6 +276,7 @@ class Daemon:
             config.engine.log_backups,
             on_exit=self._on_engine_exit,
             clock=clock,
+            on_health=lambda member: self.wake("engine-health"),
         )
         return DaemonPorts(
             source=GitPythonSource(git_source_config(config)),
@@ -282,7 +284,9 @@ class Daemon:
             processes=processes,
             clock=clock,
             peers=HttpPeers(self._peer_addresses),
-            ray=SubprocessRayPort(str(config.engine.python)),
+            # the engine env's python reads the head's GCS (the daemon never imports ray);
+            # answers are reused for 1 s so a fast tick loop doesn't spawn one per tick
+            ray=SubprocessRayPort(str(config.engine.python), cache_s=1.0),
             watch_repo=local_repo_path(config.source.url),
         )
 
@@ -651,6 +655,10 @@ class Daemon:
             tick=self.reconciler.last,
             errors=errors,
             reloaded_at=self._reloaded_at,
+            restarts={
+                key: rec.total_restarts
+                for key, rec in self.reconciler.inventory.current.restarts.items()
+            },
         )
 
     def _build_status_now(self) -> dict[str, Any]:
@@ -726,6 +734,10 @@ class Daemon:
                 gpus = gpu_port_from_config(new.simulate_gpus, new.node_name)
                 self.ports.gpus = gpus
                 self.reconciler.ports.gpus = gpus
+            if new.engine.python != old.engine.python:
+                ray = SubprocessRayPort(str(new.engine.python), cache_s=1.0)
+                self.ports.ray = ray
+                self.reconciler.ports.ray = ray
         self._reschedule(old, new)
         self._reloaded_at = time.time()
         log.info("config reloaded", extra={"file": str(self.config_path)})

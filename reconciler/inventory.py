@@ -99,7 +99,7 @@ class InventoryStore:
             if not isinstance(data, dict):
                 raise ValueError("not an object")
             return from_json(data)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             # Keep the bad file for a person to look at; engines are re-found through
             # their own state files, so an empty inventory loses backoff history only.
             broken = self.path.with_name(self.path.name + ".corrupt")
@@ -155,6 +155,29 @@ class InventoryStore:
     def set_applied(self, revision: str) -> None:
         if self.current.applied_revision != revision:
             self.save(replace(self.current, applied_revision=revision))
+
+    def clamp_future(self, now: float, slack_s: float = 1.0) -> list[ReplicaKey]:
+        """Pull times recorded "in the future" back to `now`: the wall clock went back.
+
+        Without this a backward jump of an hour makes a crash-looping replica wait an
+        hour (its last failure looks an hour away). Returns the replicas changed."""
+        changed: dict[ReplicaKey, RestartRecord] = {}
+        for key, r in self.current.restarts.items():
+            last = r.last_failure_at
+            ready = r.ready_since
+            if (last is not None and last > now + slack_s) or (
+                ready is not None and ready > now + slack_s
+            ):
+                changed[key] = replace(
+                    r,
+                    last_failure_at=None if last is None else min(last, now),
+                    ready_since=None if ready is None else min(ready, now),
+                )
+        if changed:
+            self.save(replace(self.current, restarts={**self.current.restarts, **changed}))
+            log.warning("clock went back: restart times clamped to now",
+                        extra={"replicas": [str(k) for k in changed]})
+        return list(changed)
 
     def _put_restart(self, key: ReplicaKey, record: RestartRecord) -> None:
         restarts = dict(self.current.restarts)

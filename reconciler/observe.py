@@ -39,19 +39,29 @@ def observe(
     ray_views: dict[ReplicaKey, RayView] = {}
     peer_view: Mapping[ReplicaKey, PeerReplica] = {}
     if desired is not None and placement is not None:
-        for p in placement.on_node(node):
-            if not p.multi_node or p.leader != node or p.ray_block is None:
-                continue
-            head = procs.get(MemberKey(p.key, "ray-head"))
-            if ray is None or head is None or not head.running:
-                continue
-            leader = next(n for n in desired.cluster.spec.nodes if n.name == node)
-            address = f"{leader.address}:{ray_ports(desired.cluster, p.ray_block).gcs}"
-            view = ray.view(address)
-            if view is not None:
-                ray_views[p.key] = view
         if peers is not None and len(desired.cluster.spec.nodes) > 1:
             peer_view = peers.replicas()
+        addresses = {n.name: n.address for n in desired.cluster.spec.nodes}
+        for p in placement.on_node(node):
+            if ray is None or not p.multi_node or p.ray_block is None:
+                continue
+            address = f"{addresses[p.leader]}:{ray_ports(desired.cluster, p.ray_block).gcs}"
+            if p.leader == node:
+                # Members are the nodes labelled with the hash of the head that runs.
+                head = procs.get(MemberKey(p.key, "ray-head"))
+                if head is None or not head.running:
+                    continue
+                view = ray.view(address, head.spec_hash)
+            else:
+                # Before joining, a follower reads the head's Ray/Python versions (notes
+                # only; `ray start` itself refuses a Ray version mismatch).
+                worker = procs.get(MemberKey(p.key, "ray-worker"))
+                peer = peer_view.get(p.key)
+                if (worker is not None and worker.running) or peer is None or not peer.head_up:
+                    continue
+                view = ray.view(address, peer.spec_hash)
+            if view is not None:
+                ray_views[p.key] = view
     return ObservedState(
         node=node,
         gpus=gpu_inv,

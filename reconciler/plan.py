@@ -58,6 +58,7 @@ class _Work:
     statuses: dict[ReplicaKey, ReplicaStatus] = field(default_factory=dict)
     stopping: set[MemberKey] = field(default_factory=set)
     failed_now: set[ReplicaKey] = field(default_factory=set)
+    addresses: dict[str, str] = field(default_factory=dict)  # node name -> address
 
 
 def _role_of(p: ReplicaPlacement, node: str) -> str:
@@ -187,7 +188,7 @@ def plan(
         )
     placement = place(desired)
     wanted = wanted_members(desired, placement, node.name)
-    work = _Work()
+    work = _Work(addresses={n.name: n.address for n in desired.cluster.spec.nodes})
 
     # 1. processes that exited: forget them, counting unexpected exits as failures
     for member, proc in sorted(observed.processes.items()):
@@ -202,6 +203,15 @@ def plan(
         work.actions.append(Reap(member, reason, failure=expected))
         if expected:
             work.failed_now.add(member.replica)
+
+    # 1b. owned members with no process at all that are no longer wanted: the daemon died
+    # after a confirmed stop and before the inventory write; prune the inventory entry
+    for member in sorted(inventory.members):
+        if member not in observed.processes and member not in wanted:
+            work.actions.append(
+                Reap(member, f"{member}: owned but has no process (stopped before a crash)",
+                     failure=False)
+            )
 
     # 2. running processes that should not run, or not like this
     for member, proc in sorted(observed.processes.items()):
@@ -358,16 +368,39 @@ def _fate_sharing(work: _Work, wanted: dict[MemberKey, _Wanted], observed: Obser
         if not p.multi_node:
             continue
         key = member.replica
-        if member.role == "engine" and live(member):
+        if member.role == "ray-head" and live(member):
+            engine = MemberKey(key, "engine")
+            view = observed.ray.get(key)
+            if view is not None and view.lost:
+                # a member that had joined this head died (or was cut off long enough for
+                # the head to declare it dead): the group is broken, start it over
+                reason = (
+                    f"{key}: fate sharing: Ray member lost ("
+                    f"{_nodes_at(view.lost, work.addresses)} marked dead by the head); "
+                    "restarting the whole replica"
+                )
+                # one failure per teardown: the engine's stop counts it when there is one
+                counted = live(engine) or key in work.failed_now
+                if live(engine):
+                    stop(engine, reason, True)
+                stop(member, reason, not counted)
+            elif key in work.failed_now:
+                # the engine failed (exited, startup timeout, unhealthy): the Ray
+                # cluster goes with it; followers see the head go and leave too
+                stop(member, f"{key}: fate sharing: the engine failed; restarting the whole "
+                     "replica", False)
+        elif member.role == "engine" and live(member):
             head = MemberKey(key, "ray-head")
             if not live(head):
                 stop(member, f"{key}: fate sharing: this replica's Ray head is gone", False)
                 continue
             view = observed.ray.get(key)
             if view is not None and len(view.alive_nodes) < len(p.nodes):
+                missing = _missing_nodes(p.nodes, view.alive_nodes, work.addresses)
                 reason = (
                     f"{key}: fate sharing: Ray member lost ({len(view.alive_nodes)}/"
-                    f"{len(p.nodes)} nodes alive); restarting the whole replica"
+                    f"{len(p.nodes)} nodes alive, missing {missing}); restarting the whole "
+                    "replica"
                 )
                 stop(member, reason, True)
                 stop(head, reason, False)
@@ -378,6 +411,19 @@ def _fate_sharing(work: _Work, wanted: dict[MemberKey, _Wanted], observed: Obser
             if peer.spec_hash != w.spec_hash or not peer.head_up:
                 what = "is down" if not peer.head_up else f"runs hash {peer.spec_hash}"
                 stop(member, f"{key}: fate sharing: the leader's Ray head {what}", False)
+
+
+def _nodes_at(ips: tuple[str, ...], addresses: dict[str, str]) -> str:
+    names = {a: n for n, a in addresses.items()}
+    return ", ".join(f"{names[ip]} ({ip})" if ip in names else ip for ip in ips)
+
+
+def _missing_nodes(
+    nodes: tuple[str, ...], alive: tuple[str, ...], addresses: dict[str, str]
+) -> str:
+    """Placement nodes with no alive member at the replica's hash, as "name (ip)"."""
+    gone = [n for n in nodes if addresses.get(n, n) not in alive]
+    return ", ".join(f"{n} ({addresses[n]})" if n in addresses else n for n in gone) or "none"
 
 
 def _action_rank(action: Action) -> int:
@@ -410,20 +456,26 @@ def _start_blockers(
             f"({', '.join(node.allowed_model_roots)})"
         )
     record = inventory.restarts.get(key)
+    failures, last, why = 0, now, "failed"
     if record is not None:
         failures = node.backoff.effective_failures(record, now)
-        if key in work.failed_now:
-            failures += 1
-            last = now
-        else:
-            last = record.last_failure_at if record.last_failure_at is not None else now
-        if failures > 0:
-            at = last + node.backoff.delay(key, failures)
-            if at > now:
-                return (
-                    "CrashLoopBackOff",
-                    f"restart {failures} in {at - now:.0f}s ({record.last_reason or 'failed'})",
-                )
+        last = record.last_failure_at if record.last_failure_at is not None else now
+        why = record.last_reason or "failed"
+    if key in work.failed_now:
+        failures += 1
+        last = now
+    if failures > 0:
+        delay = node.backoff.delay(key, failures)
+        if w.placement.multi_node and member.role != "engine":
+            # A multi-node group does not re-form at once, not even after its first
+            # failure: its Ray nodes stay down for at least the initial backoff, so that
+            # followers see the leader's head go and leave the old cluster, and the leader
+            # sees a lost member, before anyone joins again (a worker attached to a dead
+            # head looks joined until its raylet gives up).
+            delay = max(delay, node.backoff.initial_s)
+        at = last + delay
+        if at > now:
+            return "CrashLoopBackOff", f"restart {failures} in {at - now:.0f}s ({why})"
     if member in gpu_missing:
         detail = gpu_missing[member]
         if blocked:
@@ -443,9 +495,12 @@ def _start_blockers(
         gpus = view.gpus if view else 0.0
         need_gpus = p.gpus_per_node * expected
         if alive < expected or gpus < need_gpus:
-            return "Pending", (
-                f"waiting for Ray members: {alive}/{expected} nodes, {gpus:g}/{need_gpus} GPUs"
-            )
+            reason = f"waiting for Ray members: {alive}/{expected} nodes, {gpus:g}/{need_gpus} GPUs"
+            if view is not None:
+                reason += f"; missing {_missing_nodes(p.nodes, view.alive_nodes, work.addresses)}"
+                if view.mismatched:
+                    reason += f"; not counted, at another spec hash: {', '.join(view.mismatched)}"
+            return "Pending", reason
     if p.multi_node and member.role == "ray-worker":
         peer = observed.peers.get(key)
         if peer is None or peer.spec_hash != w.spec_hash or not peer.head_up:
@@ -527,6 +582,11 @@ def _running_status(
     if w.member.role == "ray-worker":
         if peer is not None and peer.ready and peer.spec_hash == w.spec_hash:
             work.statuses[key] = _status(w, "Ready", "serving (led by the leader)", node.name, proc)
+        elif peer is None:
+            work.statuses[key] = _status(
+                w, "Starting", f"Ray worker running; leader {w.placement.leader} unreachable",
+                node.name, proc,
+            )
         else:
             work.statuses[key] = _status(
                 w, "Starting", "Ray worker joined; waiting for the leader's engine", node.name, proc

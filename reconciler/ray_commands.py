@@ -26,7 +26,9 @@ from dataclasses import dataclass
 
 __all__ = [
     "MIN_WORKER_PORTS",
+    "REPLICA_LABEL",
     "RESERVED_PORTS",
+    "SPEC_HASH_LABEL",
     "RayPorts",
     "gcs_address",
     "ray_driver_env",
@@ -42,6 +44,11 @@ RESERVED_PORTS = 10
 MIN_WORKER_PORTS = 16
 """Each Ray worker process (and each driver) binds one port of the worker range: a vLLM rank
 is one worker, plus Ray's own helpers; 16 leaves room for an 8-GPU node."""
+
+SPEC_HASH_LABEL = "reconciler-spec-hash"
+"""Ray node label carrying the spec hash of the replica a node was started for: the leader
+counts only nodes at its own hash as members (Ray itself does not refuse others)."""
+REPLICA_LABEL = "reconciler-replica"
 
 _MIN_PORT = 1024
 _MAX_PORT = 65535

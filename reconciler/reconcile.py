@@ -82,6 +82,7 @@ class Reconciler:
         reconcile_id = uuid.uuid4().hex[:12]
         started = time.monotonic()
         now = self.ports.clock.now()
+        self.inventory.clamp_future(now)
         desired = self.desired()
         placement = place(desired) if desired is not None else None
         observed = observe(

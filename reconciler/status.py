@@ -26,7 +26,13 @@ from importlib import resources
 from typing import Any, Literal
 
 from reconciler.loader import DesiredState
-from reconciler.model import GpuInventory, ObservedState, ReplicaStatus
+from reconciler.model import (
+    GpuInventory,
+    ObservedState,
+    RayView,
+    ReplicaKey,
+    ReplicaStatus,
+)
 from reconciler.ports.git_source import CommitInfo, redact_url
 from reconciler.reconcile import TickResult
 from reconciler.sync import SourceFailure
@@ -70,6 +76,8 @@ class Snapshot:
     errors: Sequence[ErrorEntry] = ()
     reloaded_at: float | None = None
     extra_notes: Sequence[str] = field(default_factory=tuple)
+    # failures that led to a restart, per replica, from the inventory (survives restarts)
+    restarts: Mapping[ReplicaKey, int] = field(default_factory=dict)
 
 
 # --- conditions ------------------------------------------------------------------------------
@@ -274,7 +282,44 @@ def _applied(snap: Snapshot) -> dict[str, Any] | None:
     return {"revision": snap.applied, "subject": None, "author": None, "committedAt": None}
 
 
-def _replica(s: ReplicaStatus) -> dict[str, Any]:
+_ROLE_ORDER = {"ray-head": 0, "ray-worker": 1, "engine": 2}
+
+
+def _members(s: ReplicaStatus, observed: ObservedState | None) -> list[dict[str, Any]]:
+    """The processes this node runs for the replica, as observed (running state, not
+    desired): peers read the leader's Ray head and engine from here."""
+    if observed is None:
+        return []
+    procs = [p for m, p in observed.processes.items() if m.replica == s.replica]
+    procs.sort(key=lambda p: _ROLE_ORDER.get(p.member.role, 9))
+    return [
+        {
+            "role": p.member.role,
+            "specHash": p.spec_hash,
+            "running": p.running,
+            "health": p.health,
+            "pid": p.pid,
+            "gpus": list(p.gpus),
+            "port": p.port,
+        }
+        for p in procs
+    ]
+
+
+def _ray(view: RayView | None) -> dict[str, Any] | None:
+    if view is None:
+        return None
+    return {
+        "members": list(view.alive_nodes),
+        "gpus": view.gpus,
+        "mismatched": list(view.mismatched),
+        "lost": list(view.lost),
+        "notes": list(view.notes),
+    }
+
+
+def _replica(s: ReplicaStatus, observed: ObservedState | None = None) -> dict[str, Any]:
+    view = observed.ray.get(s.replica) if observed is not None else None
     return {
         "deployment": s.replica.deployment,
         "index": s.replica.index,
@@ -285,7 +330,16 @@ def _replica(s: ReplicaStatus) -> dict[str, Any]:
         "gpus": list(s.gpus),
         "port": s.port,
         "specHash": s.spec_hash,
+        "members": _members(s, observed),
+        "ray": _ray(view) if s.role == "leader" else None,
     }
+
+
+def ray_notes(observed: ObservedState | None) -> list[str]:
+    """Version mismatches found while reading a replica's Ray head (leader or follower)."""
+    if observed is None:
+        return []
+    return [f"{key}: {note}" for key, view in sorted(observed.ray.items()) for note in view.notes]
 
 
 def _cluster(desired: DesiredState | None) -> dict[str, Any] | None:
@@ -331,6 +385,7 @@ def build_status(snap: Snapshot, conditions: Conditions) -> dict[str, Any]:
     account = gpu_account(snap.desired, tick.observed if tick else None, snap.node)
     inv = tick.observed.gpus if tick is not None else None
     notes = list(tick.plan.notes) if tick is not None else []
+    notes.extend(ray_notes(tick.observed if tick is not None else None))
     notes.extend(snap.extra_notes)
     failure = snap.failure
     return {
@@ -365,7 +420,11 @@ def build_status(snap: Snapshot, conditions: Conditions) -> dict[str, Any]:
         },
         "conditions": conditions.stamp(conds, snap.now),
         "deployments": deployments,
-        "replicas": [_replica(s) for s in replicas],
+        "replicas": [
+            {**_replica(s, tick.observed if tick is not None else None),
+             "restarts": snap.restarts.get(s.replica, 0)}
+            for s in replicas
+        ],
         "gpus": {
             "declared": account.declared,
             "observed": {

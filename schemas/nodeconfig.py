@@ -64,6 +64,9 @@ class EngineRuntime(Strict):
         description="model paths must lie below one of these",
     )
     stop_grace_period_seconds: float = Field(default=30, ge=0)
+    unhealthy_grace_period_seconds: float = Field(
+        default=30, gt=0, description="a ready engine failing its probe this long is restarted"
+    )
     log_max_bytes: int = Field(default=20 * 1024 * 1024, ge=4096)
     log_backups: int = Field(default=3, ge=0, le=100)
     env: dict[str, str] = Field(default_factory=dict, description="added to every engine")

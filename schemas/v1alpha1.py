@@ -42,8 +42,15 @@ RESERVED_ENV = frozenset(
         "LD_LIBRARY_PATH",
         "PYTHONPATH",
         "HOME",
+        "CUDA_DEVICE_ORDER",
     }
 )
+# The daemon's own markers (RECONCILER_MEMBER, RECONCILER_SPEC_HASH, RECONCILER_STATE_DIR,
+# RECONCILER_PORT) say which process is whose; git must not be able to forge them.
+RESERVED_ENV_PREFIXES = ("RECONCILER_",)
+# Engine and Ray ports come from git: keep them out of the privileged range, where a
+# daemon running as root could take over a system service's port.
+MIN_ENGINE_PORT = 1024
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Flags the daemon itself sets from typed fields; passing them again through extraArgs
 # would make the typed field a lie.
@@ -87,7 +94,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 def _env_name(key: str) -> str:
     if not _ENV_NAME_RE.match(key):
         raise ValueError(f"{key!r} is not a valid environment variable name")
-    if key in RESERVED_ENV:
+    if key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
         raise ValueError(f"{key} is set by the daemon and may not be overridden")
     return key
 
@@ -182,6 +189,16 @@ class PortRanges(Strict):
         description="split into one block per multi-node replica (rayBlockSize ports each)",
     )
     ray_block_size: int = Field(default=100, ge=20, le=10000)
+
+    @field_validator("engine", "ray")
+    @classmethod
+    def _unprivileged(cls, value: PortRange) -> PortRange:
+        if value.start < MIN_ENGINE_PORT:
+            raise ValueError(
+                f"port range starts at {value.start}, inside the privileged range "
+                f"(below {MIN_ENGINE_PORT})"
+            )
+        return value
 
 
 class EngineDefaults(Strict):

@@ -62,8 +62,40 @@ def fetch_status(address: str, port: int, timeout: float) -> dict[str, Any]:
     return data
 
 
+def _running(members: Any, role: str) -> dict[str, Any] | None:
+    for m in members:
+        if isinstance(m, dict) and m.get("role") == role and m.get("running") is True:
+            return m
+    return None
+
+
+def _from_members(r: dict[str, Any]) -> PeerReplica:
+    """What the leader *runs*, from its observed members (status `members`), not the hash
+    it wants: a follower must join the head that is up, at the hash it is up with."""
+    members = r["members"]
+    if not isinstance(members, list):
+        raise TypeError("members is not a list")
+    engine = _running(members, "engine")
+    if r["role"] == "leader":
+        head = _running(members, "ray-head")
+        if head is None:
+            return PeerReplica(spec_hash="", ready=False, head_up=False)
+        h = str(head["specHash"])
+        ready = (
+            engine is not None and engine.get("health") == "ready" and engine["specHash"] == h
+        )
+        return PeerReplica(spec_hash=h, ready=ready, head_up=head.get("health") == "ready")
+    if engine is None:
+        return PeerReplica(spec_hash="", ready=False)
+    return PeerReplica(spec_hash=str(engine["specHash"]), ready=engine.get("health") == "ready")
+
+
 def peer_replicas(status: dict[str, Any]) -> dict[ReplicaKey, PeerReplica]:
-    """The replicas a peer leads (single-node ones and multi-node leaders)."""
+    """The replicas a peer leads (single-node ones and multi-node leaders).
+
+    From the running members when the peer reports them (``members``); an older peer
+    without them gives its desired hash and state, and never ``head_up``.
+    """
     node = status.get("node")
     out: dict[ReplicaKey, PeerReplica] = {}
     for r in status.get("replicas", []):
@@ -72,7 +104,10 @@ def peer_replicas(status: dict[str, Any]) -> dict[ReplicaKey, PeerReplica]:
             if not nodes or nodes[0] != node or r["role"] not in ("single", "leader"):
                 continue
             key = ReplicaKey(str(r["deployment"]), int(r["index"]))
-            out[key] = PeerReplica(spec_hash=str(r["specHash"]), ready=r["state"] == "Ready")
+            if "members" in r:
+                out[key] = _from_members(r)
+            else:
+                out[key] = PeerReplica(spec_hash=str(r["specHash"]), ready=r["state"] == "Ready")
         except (KeyError, TypeError, ValueError):
             continue
     return out

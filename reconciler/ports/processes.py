@@ -94,6 +94,7 @@ _ANY_V4 = "0.0.0.0"  # noqa: S104 (a value to compare and test-bind, not a liste
 _WILDCARDS = frozenset({"", _ANY_V4, "::", "*"})
 _HOST_FLAGS = ("--host", "--node-ip-address")
 _TCP_LISTEN = "0A"
+_TCP_TIME_WAIT = "06"
 _FULL_PROBE_EVERY_S = 30.0
 
 
@@ -291,10 +292,36 @@ def port_holders(port: int) -> list[int]:
     return sorted(holders, key=lambda p: (holders[p], p))
 
 
+def _in_time_wait(port: int) -> bool:
+    """Is there a TCP connection in TIME_WAIT whose local port is `port`? (No process owns
+    one. If the connection's socket lacked SO_REUSEADDR, e.g. an outgoing connection that
+    got `port` as its ephemeral port, it blocks binding `port` until it expires.)"""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            try:
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == _TCP_TIME_WAIT:
+                    return True
+            except (IndexError, ValueError):
+                continue
+    return False
+
+
 def who_holds_port(port: int) -> str:
-    """'pid 123 (nginx)' (up to three holders), or 'an unknown process'."""
+    """'pid 123 (nginx)' (up to three holders), a closed connection in TIME_WAIT, or 'an
+    unknown process'."""
     pids = port_holders(port)
     if not pids:
+        if _in_time_wait(port):
+            return (
+                "a closed connection in TIME_WAIT (no process; it expires within 60s; "
+                "engine ports inside the ephemeral range "
+                "/proc/sys/net/ipv4/ip_local_port_range are prone to this)"
+            )
         return "an unknown process"
     shown = ", ".join(f"pid {p} ({_comm(p)})" for p in pids[:3])
     return shown + (f" and {len(pids) - 3} more" if len(pids) > 3 else "")
@@ -589,6 +616,7 @@ class LocalProcessPort:
         clock: Clock | None = None,
         probe_interval_s: float = 1.0,
         kill_wait_s: float = 10.0,
+        on_health: Callable[[MemberKey], None] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.engines_dir = self.state_dir / "engines"
@@ -599,6 +627,9 @@ class LocalProcessPort:
         self.log_backups = log_backups
         self.base_env = dict(base_env or {})
         self.on_exit = on_exit
+        # called (from a prober thread) when a member's health changes, e.g. starting ->
+        # ready: without it the daemon would see a new Ready only at its next resync
+        self.on_health = on_health
         self.clock: Clock = clock or SystemClock()
         self.probe_interval_s = probe_interval_s
         self.kill_wait_s = kill_wait_s
@@ -1120,16 +1151,27 @@ class LocalProcessPort:
         with self._lock:
             if tracked.exited or tracked.halt.is_set():
                 return
-            if ok:
-                tracked.health, tracked.detail, tracked.unhealthy_since = "ready", "", None
-                if rec.ready_at is None:
-                    self._update_record(tracked, ready_at=now)
-            elif tracked.was_ready:
-                if tracked.health != "unhealthy":
-                    tracked.unhealthy_since = now
-                tracked.health, tracked.detail = "unhealthy", detail
-            else:
-                tracked.health, tracked.detail = "starting", detail
+            before = tracked.health
+            self._apply_probe(tracked, ok, detail, now)
+            changed = tracked.health != before
+        if changed and self.on_health is not None:
+            try:
+                self.on_health(rec.member)
+            except Exception:
+                log.exception("on_health callback failed")
+
+    def _apply_probe(self, tracked: _Tracked, ok: bool, detail: str, now: float) -> None:
+        """Record one probe result (under the lock)."""
+        if ok:
+            tracked.health, tracked.detail, tracked.unhealthy_since = "ready", "", None
+            if tracked.record.ready_at is None:
+                self._update_record(tracked, ready_at=now)
+        elif tracked.was_ready:
+            if tracked.health != "unhealthy":
+                tracked.unhealthy_since = now
+            tracked.health, tracked.detail = "unhealthy", detail
+        else:
+            tracked.health, tracked.detail = "starting", detail
 
     def _member_processes(
         self, rec: EngineRecord, stats: Mapping[int, ProcStat] | None = None

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from reconciler.model import RayView
+from reconciler.ray_commands import SPEC_HASH_LABEL
 
 __all__ = [
     "QUERY_PROGRAM",
@@ -41,6 +42,7 @@ __all__ = [
     "query_ray_nodes",
     "ray_nodes_query_argv",
     "ray_nodes_query_env",
+    "replica_view",
 ]
 
 log = logging.getLogger(__name__)
@@ -292,10 +294,64 @@ def query_ray_nodes(
     return parse_ray_nodes_output(out)
 
 
+def _version_notes(full: RayClusterView) -> tuple[str, ...]:
+    """Ray and Python versions must match across a cluster's nodes (ray#44063). The GCS
+    metadata holds the head's; the query runs with the asking node's engine env."""
+    notes: list[str] = []
+    pairs = (
+        ("Ray", full.cluster_ray_version, full.client_ray_version),
+        ("Python", full.cluster_python_version, full.client_python_version),
+    )
+    for what, head, here in pairs:
+        if not head or not here:
+            continue
+        same = head == here if what == "Ray" else head.split(".")[:2] == here.split(".")[:2]
+        if not same:
+            notes.append(f"{what} version mismatch: head {head}, this node's engine env {here}")
+    return tuple(notes)
+
+
+def replica_view(full: RayClusterView, spec_hash: str | None) -> RayView:
+    """Reduce a node table to one replica's members. Pure.
+
+    With ``spec_hash`` given, only alive nodes labelled ``reconciler-spec-hash=<spec_hash>``
+    count as members; alive nodes at another (or no) hash are listed in ``mismatched`` and
+    dead ones at this hash in ``lost`` (a node that restarted shows up once DEAD and once
+    ALIVE: an IP that is alive again is not lost). Without it every alive node counts.
+    """
+    members: list[RayNode] = []
+    mismatched: list[str] = []
+    for n in full.alive:
+        label = n.labels.get(SPEC_HASH_LABEL)
+        if spec_hash is None or label == spec_hash:
+            members.append(n)
+        else:
+            mismatched.append(f"{n.ip} at {label or 'no hash label'}")
+    alive_ips = {n.ip for n in members}
+    lost = sorted(
+        {
+            n.ip
+            for n in full.nodes
+            if not n.alive
+            and spec_hash is not None
+            and n.labels.get(SPEC_HASH_LABEL) == spec_hash
+            and n.ip not in alive_ips
+        }
+    )
+    return RayView(
+        alive_nodes=tuple(sorted(alive_ips)),
+        gpus=sum(n.gpus for n in members),
+        mismatched=tuple(sorted(mismatched)),
+        lost=tuple(lost),
+        notes=_version_notes(full),
+    )
+
+
 class RayPort(Protocol):
-    def view(self, gcs_address: str) -> RayView | None:
-        """The alive nodes of the cluster whose GCS is at ``gcs_address``; None when the head
-        cannot be asked (best effort: the caller treats None as "unknown", not "empty")."""
+    def view(self, gcs_address: str, spec_hash: str | None = None) -> RayView | None:
+        """The members of the cluster whose GCS is at ``gcs_address`` (see
+        :func:`replica_view`); None when the head cannot be asked (best effort: the caller
+        treats None as "unknown", not "empty")."""
         ...
 
 
@@ -310,15 +366,30 @@ class SubprocessRayPort:
         connect_timeout_ms: int = 2000,
         env: Mapping[str, str] | None = None,
         argv_prefix: Sequence[str] = (),
+        cache_s: float = 0.0,
     ) -> None:
         self.python_exe = python_exe
         self.timeout_s = timeout_s
         self.connect_timeout_ms = connect_timeout_ms
         self.env = dict(env) if env is not None else None
         self.argv_prefix = tuple(argv_prefix)
+        # Each query is a python start that imports ray (~0.5 s of CPU): a tick loop that
+        # runs every second must not pay it each time. Answers are reused for cache_s.
+        self.cache_s = cache_s
+        self._cache: dict[str, tuple[float, RayClusterView | None]] = {}
 
     def cluster(self, gcs_address: str) -> RayClusterView | None:
         """The full node table (alive and dead nodes, labels, versions), or None."""
+        if self.cache_s > 0:
+            hit = self._cache.get(gcs_address)
+            if hit is not None and time.monotonic() - hit[0] < self.cache_s:
+                return hit[1]
+        answer = self._cluster(gcs_address)
+        if self.cache_s > 0:
+            self._cache[gcs_address] = (time.monotonic(), answer)
+        return answer
+
+    def _cluster(self, gcs_address: str) -> RayClusterView | None:
         # A closed port answers in microseconds; don't spawn python (and wait ~3 s for Ray's
         # own connect retries) for a head that is plainly not there. Skipped when the query
         # runs elsewhere (argv_prefix), where this process may not reach the address.
@@ -338,11 +409,8 @@ class SubprocessRayPort:
             log.warning("ray node query failed", extra={"address": gcs_address, "error": str(exc)})
             return None
 
-    def view(self, gcs_address: str) -> RayView | None:
+    def view(self, gcs_address: str, spec_hash: str | None = None) -> RayView | None:
         full = self.cluster(gcs_address)
         if full is None:
             return None
-        return RayView(
-            alive_nodes=tuple(sorted(full.alive_ips())),
-            gpus=sum(n.gpus for n in full.alive),
-        )
+        return replica_view(full, spec_hash)

@@ -2,14 +2,19 @@
 
 Accepts (and ignores) any vLLM flag; serves `GET /health` (200) and `GET /v1/models`
 listing `--served-model-name`. Standard library only.
+
+TEST_ENGINE_EXIT_AFTER_S=<seconds> in its environment makes it exit with code 3 that long
+after it started serving (a flapping engine for backoff tests).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -46,6 +51,11 @@ def main() -> None:
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"daemon-test-engine serving {name} on {args.host}:{args.port}", flush=True)
+    exit_after = os.environ.get("TEST_ENGINE_EXIT_AFTER_S")
+    if exit_after:
+        timer = threading.Timer(float(exit_after), lambda: os._exit(3))
+        timer.daemon = True
+        timer.start()
     server.serve_forever()
 
 

@@ -7,6 +7,14 @@ environment's python (it imports ray; the daemon does not)::
         --world-size 2 --strategy SPREAD --host 198.18.0.11 --port 8000 \
         --served-model-name tiny
 
+It also takes the command line the daemon builds for vLLM (``engine.apiServerModule:
+tests.engines.ray_test_engine`` in a node config, run as ``python -m
+tests.engines.ray_test_engine`` with the repository on ``PYTHONPATH`` through the node
+config's ``engine.env``): ``--model``, ``--served-model-name``, ``--host``, ``--port``,
+``--tensor-parallel-size``, ``--pipeline-parallel-size``, ``--distributed-executor-backend``
+(must be ``ray``), ``--max-model-len``, ``--dtype``, ``--gpu-memory-utilization``; other
+arguments are ignored. Without ``--world-size`` the world size is TP x PP, as in vLLM.
+
 What it does, like vLLM's Ray executor:
 - attaches to the cluster named by ``RAY_ADDRESS`` (refuses to start without it: a bare
   ``ray.init()`` would quietly start a private one-node cluster);
@@ -42,7 +50,15 @@ EXIT_NO_ADDRESS = 5
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--world-size", type=int, required=True)
+    p.add_argument("--world-size", type=int, default=None, help="default: TP x PP")
+    # vLLM's flags (what the daemon passes); the model itself is never loaded
+    p.add_argument("--model", default="")
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+    p.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1)
+    p.add_argument("--distributed-executor-backend", default=None)
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--strategy", choices=["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"],
                    default="PACK")  # fmt: skip
     p.add_argument("--pg-timeout", type=float, default=60.0)
@@ -54,7 +70,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-missed", type=int, default=6)
     p.add_argument("--exit-grace", type=float, default=1.0)
     p.add_argument("--gpus-per-rank", type=float, default=1.0)
-    return p.parse_args(argv)
+    args, ignored = p.parse_known_args(argv)
+    if ignored:
+        _log("ignoring arguments", args=ignored)
+    if args.world_size is None:
+        args.world_size = args.tensor_parallel_size * args.pipeline_parallel_size
+    return args
 
 
 class _State:
@@ -70,7 +91,9 @@ def _log(msg: str, **kv: Any) -> None:
     print(json.dumps({"msg": msg, **kv}), file=sys.stderr, flush=True)
 
 
-def _make_handler(state: _State, model: str) -> type[BaseHTTPRequestHandler]:
+def _make_handler(
+    state: _State, model: str, max_model_len: int = 2048, root: str = ""
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             return
@@ -91,7 +114,8 @@ def _make_handler(state: _State, model: str) -> type[BaseHTTPRequestHandler]:
             elif self.path == "/v1/models":
                 self._send(200, {"object": "list", "data": [{
                     "id": model, "object": "model", "created": state.created,
-                    "owned_by": "ray-test-engine", "root": model, "max_model_len": 2048,
+                    "owned_by": "ray-test-engine", "root": root or model,
+                    "max_model_len": max_model_len,
                 }]})  # fmt: skip
             elif self.path == "/ranks":
                 self._send(200, {"healthy": healthy, "reason": reason, "ranks": ranks})
@@ -101,8 +125,35 @@ def _make_handler(state: _State, model: str) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def _serve_local(args: argparse.Namespace) -> int:
+    """World size 1 without an executor flag: serve at once, no Ray (until SIGTERM)."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+    signal.signal(signal.SIGINT, lambda _s, _f: stop.set())
+    state = _State()
+    state.healthy, state.reason = True, "ok (single rank, no Ray)"
+    state.ranks = [{"rank": 0, "pid": os.getpid(), "env": {
+        k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "VLLM_HOST_IP")}}]
+    server = ThreadingHTTPServer(
+        (args.host, args.port),
+        _make_handler(state, args.served_model_name, args.max_model_len, args.model),
+    )
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    _log("http listening (local)", host=args.host, port=args.port)
+    stop.wait()
+    server.shutdown()
+    _log("stopped")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.distributed_executor_backend not in (None, "ray"):
+        _log("only --distributed-executor-backend ray is supported",
+             got=args.distributed_executor_backend)
+        return EXIT_NO_ADDRESS
+    if args.distributed_executor_backend is None and args.world_size == 1:
+        return _serve_local(args)  # a single-GPU replica: vLLM needs no Ray for it either
     address = os.environ.get("RAY_ADDRESS", "")
     if not address:
         _log("RAY_ADDRESS is not set; refusing to start a private Ray instance")
@@ -123,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
 
     state = _State()
     server = ThreadingHTTPServer(
-        (args.host, args.port), _make_handler(state, args.served_model_name)
+        (args.host, args.port),
+        _make_handler(state, args.served_model_name, args.max_model_len, args.model),
     )
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     _log("http listening", host=args.host, port=args.port)

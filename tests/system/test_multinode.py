@@ -1,0 +1,216 @@
+"""Multi-node deployments end to end: real daemons, real Ray, real git, three test hosts.
+
+Three network-namespace test hosts (h1..h3, one simulated GPU each) each run their own
+daemon process (``python -m reconciler run``, own state dir) reading the same repository
+from ``git daemon`` on a fourth namespace of the test network (tests/system/
+multinode_cluster.py). Deployment ``mn-a`` is a 2-node replica (pipeline parallel 2, pinned to
+h1 and h2): a Ray head + the Ray test engine (tests/engines/ray_test_engine.py, standing in
+for ``vllm serve --distributed-executor-backend ray``) on the leader, a Ray worker on the
+follower. ``mn-b`` is a single-node replica on h3 that must never be disturbed.
+
+The cases run in order on one cluster (forming it costs ~20 s on 2 cores):
+
+1. push -> the 2-node replica is Ready; both nodes' status and ``reconciler status`` show
+   the roles and members;
+2. SIGKILL to the follower's ``ray start`` -> the whole replica is torn down on both nodes
+   and restarted with backoff, counted in the restarts metric;
+3. a spec change (maxModelLen) -> every member converges to the new spec hash;
+4. the follower's cable cut -> the leader's status names the missing member;
+5. ``mn-a`` deleted -> no process of it is left on any host; ``mn-b``'s pid is unchanged.
+
+Needs root, ``ip netns`` and ray in the engine environment. About 3 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.netns import NetnsHost, netns_unavailable_reason
+from tests.system.multinode_cluster import (
+    REPO,
+    MultiNodeCluster,
+    cluster_yaml,
+    deployment_yaml,
+    ray_unavailable_reason,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.system, pytest.mark.netns, pytest.mark.ray]
+
+A, B = "mn-a", "mn-b"
+RESTARTS = "reconciler_engine_restarts_total"
+
+
+def a_yaml(max_model_len: int = 1024) -> str:
+    return deployment_yaml(A, nodes=["h1", "h2"], pipeline=2, port=8000,
+                           max_model_len=max_model_len)
+
+
+@pytest.fixture(scope="module")
+def mn() -> Iterator[MultiNodeCluster]:
+    reason = netns_unavailable_reason() or ray_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = MultiNodeCluster(3, gpus_per_node=1, backoff_initial_s=3)
+    cluster.setup()
+    try:
+        hosts = cluster.nodes
+        cluster.push({
+            "cluster.yaml": cluster_yaml(hosts, gpus=1),
+            "a.yaml": a_yaml(),
+            "b.yaml": deployment_yaml(B, nodes=["h3"], pipeline=1, port=8010),
+        }, "two deployments")
+        cluster.start_daemons()
+        yield cluster
+    finally:
+        cluster.teardown()
+
+
+def roles(mn: MultiNodeCluster) -> tuple[NetnsHost, NetnsHost]:
+    r = wait_for("mn-a placed", 30, lambda: mn.replica(mn.host("h1"), A))
+    leader, follower = r["nodes"]
+    return mn.host(leader), mn.host(follower)
+
+
+def running(members: list[dict[str, Any]], role: str) -> dict[str, Any] | None:
+    return next((m for m in members if m["role"] == role and m["running"]), None)
+
+
+def ready_at(mn: MultiNodeCluster, leader: NetnsHost, follower: NetnsHost,
+             spec: str | None = None) -> dict[str, Any] | None:
+    """The leader's replica once Ready with every member (both nodes) at one hash."""
+    r = mn.replica(leader, A)
+    if r is None or r["state"] != "Ready" or (spec is not None and r["specHash"] != spec):
+        return None
+    f = mn.replica(follower, A)
+    if f is None or f["state"] != "Ready":
+        return None
+    head, engine = running(r["members"], "ray-head"), running(r["members"], "engine")
+    worker = running(f["members"], "ray-worker")
+    if head is None or engine is None or worker is None:
+        return None
+    if {head["specHash"], engine["specHash"], worker["specHash"]} != {r["specHash"]}:
+        return None
+    return r
+
+
+def pids(mn: MultiNodeCluster, leader: NetnsHost, follower: NetnsHost) -> dict[str, int]:
+    out = {}
+    for host, slug in ((leader, f"{A}.0.ray-head"), (leader, f"{A}.0.engine"),
+                       (follower, f"{A}.0.ray-worker"), (mn.host("h3"), f"{B}.0.engine")):
+        rec = mn.member_record(host, slug)
+        out[slug] = int(rec["pid"]) if rec else 0
+    return out
+
+
+@pytest.mark.timeout(150)
+def test_1_two_node_replica_becomes_ready(mn: MultiNodeCluster) -> None:
+    t0 = time.monotonic()
+    leader, follower = roles(mn)
+    r = wait_for("the 2-node replica Ready on both nodes", 120,
+                 lambda: ready_at(mn, leader, follower), on_fail=mn.logs)
+    print(f"mn-a Ready {time.monotonic() - t0:.1f} s after the daemons started")
+    assert r["role"] == "leader" and r["nodes"] == [leader.name, follower.name]
+    assert r["ray"]["members"] == sorted([leader.ip, follower.ip])
+    assert r["ray"]["lost"] == [] and r["ray"]["mismatched"] == []
+    f = mn.replica(follower, A)
+    assert f is not None and f["role"] == "follower" and "led by the leader" in f["reason"]
+    b = wait_for("mn-b Ready", 30, lambda: (x := mn.replica(mn.host("h3"), B)) and
+                 x["state"] == "Ready" and x)
+    assert b["role"] == "single" and b["ray"] is None
+
+    # `reconciler status --cluster` (run on the leader's host) shows roles and members
+    out = mn.net.run(leader, [sys.executable, "-m", "reconciler", "status", "--url",
+                              f"http://{leader.ip}:9400", "--cluster"],
+                     {"PYTHONPATH": str(REPO), "PATH": os.environ["PATH"]}, timeout=30,
+                     cwd=str(REPO))
+    print(out.stdout)
+    row = next(ln for ln in out.stdout.splitlines() if ln.startswith(f"{A}/0"))
+    assert "leader" in row and f"{leader.name}:head+engine" in row, out.stdout
+    assert f"{follower.name}:worker" in row and "2/2" in row, out.stdout
+
+
+@pytest.mark.timeout(200)
+def test_2_follower_death_restarts_the_whole_replica(mn: MultiNodeCluster) -> None:
+    leader, follower = roles(mn)
+    wait_for("Ready before the kill", 60, lambda: ready_at(mn, leader, follower))
+    before = pids(mn, leader, follower)
+    restarts = mn.metric(leader, RESTARTS, deployment=A)
+    t0 = time.monotonic()
+    os.kill(before[f"{A}.0.ray-worker"], signal.SIGKILL)  # only `ray start`, never `ray stop`
+
+    seen: list[str] = []  # the leader's replica states on the way
+
+    def restarted() -> bool:
+        r = mn.replica(leader, A)
+        if r is not None and (not seen or seen[-1] != r["state"]):
+            seen.append(r["state"])
+        now = pids(mn, leader, follower)
+        return all(now[k] not in (0, before[k]) for k in list(now)[:3]) and bool(
+            ready_at(mn, leader, follower))
+
+    wait_for("the replica torn down on both nodes and Ready again", 150, restarted,
+             on_fail=mn.logs)
+    print(f"replica Ready again {time.monotonic() - t0:.1f} s after the kill; leader's "
+          f"states: {' -> '.join(seen)}")
+    assert "CrashLoopBackOff" in seen  # restarted after a backoff, not at once
+    assert mn.metric(leader, RESTARTS, deployment=A) >= restarts + 1
+    assert mn.metric(follower, RESTARTS, deployment=A) >= 1
+    assert pids(mn, leader, follower)[f"{B}.0.engine"] == before[f"{B}.0.engine"]
+    log = (mn.root / f"{leader.name}.daemon.log").read_text()
+    assert "fate sharing" in log
+
+
+@pytest.mark.timeout(150)
+def test_3_spec_change_converges_every_member(mn: MultiNodeCluster) -> None:
+    leader, follower = roles(mn)
+    old = wait_for("Ready before the change", 90, lambda: ready_at(mn, leader, follower))
+    t0 = time.monotonic()
+    mn.push({"a.yaml": a_yaml(max_model_len=2048)}, "mn-a: maxModelLen 2048")
+    new = wait_for("the new spec hash applied", 30,
+                   lambda: (x := mn.replica(leader, A)) and x["specHash"] != old["specHash"]
+                   and x["specHash"])
+    wait_for("every member at the new hash, Ready", 120,
+             lambda: ready_at(mn, leader, follower, new), on_fail=mn.logs)
+    print(f"converged to {new} {time.monotonic() - t0:.1f} s after the push")
+
+
+@pytest.mark.timeout(120)
+def test_4_cut_cable_names_the_missing_member(mn: MultiNodeCluster) -> None:
+    leader, follower = roles(mn)
+    wait_for("Ready before the cut", 90, lambda: ready_at(mn, leader, follower))
+    t0 = time.monotonic()
+    mn.net.link_down(follower)
+    try:
+        missing = f"{follower.name} ({follower.ip})"
+        r = wait_for(f"the leader's status to name {missing}", 60,
+                     lambda: (x := mn.replica(leader, A)) and x["state"] != "Ready"
+                     and missing in x["reason"] and x, on_fail=mn.logs)
+        print(f"leader names the missing member {time.monotonic() - t0:.1f} s after the "
+              f"cut: {r['state']}: {r['reason']}")
+    finally:
+        mn.net.link_up(follower)
+
+
+@pytest.mark.timeout(120)
+def test_5_delete_leaves_nothing_and_spares_the_other(mn: MultiNodeCluster) -> None:
+    h3 = mn.host("h3")
+    b_pid = int((mn.member_record(h3, f"{B}.0.engine") or {"pid": 0})["pid"])
+    assert b_pid and mn.marked_processes(f"{A}.0.")  # mn-a still has processes somewhere
+    t0 = time.monotonic()
+    mn.push({"a.yaml": None}, "delete mn-a")
+    wait_for("no process of mn-a on any host", 60,
+             lambda: not mn.marked_processes(f"{A}.0."), on_fail=mn.logs)
+    print(f"mn-a gone everywhere {time.monotonic() - t0:.1f} s after the push")
+    assert mn.member_record(mn.host("h1"), f"{A}.0.ray-head") is None
+    b = mn.replica(h3, B)
+    assert b is not None and b["state"] == "Ready"
+    assert int((mn.member_record(h3, f"{B}.0.engine") or {"pid": 0})["pid"]) == b_pid
+    assert mn.marked_processes(f"{B}.0.") == {"h3": [b_pid]}
