@@ -212,6 +212,15 @@ def _wall_start(start_ticks: int) -> float | None:
     return None
 
 
+def _age_seconds(start_ticks: int) -> float | None:
+    """Seconds since a process started, on the kernel's monotonic clock (/proc/uptime)."""
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
 def _comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text(errors="replace").strip()
@@ -1053,12 +1062,20 @@ class LocalProcessPort:
 
     def _observe(self, t: _Tracked) -> ProcessObservation:
         rec = t.record
+        started_at = rec.started_at
+        if not t.exited:
+            # Age from the kernel's monotonic start ticks, placed on the daemon's clock:
+            # a wall-clock jump then moves "now" and "started_at" together, so it can
+            # neither fire a startup timeout early nor postpone it.
+            age = _age_seconds(rec.start_ticks)
+            if age is not None:
+                started_at = self.clock.now() - age
         return ProcessObservation(
             member=rec.member,
             spec_hash=rec.spec_hash,
             pid=rec.pid,
             running=not t.exited,
-            started_at=rec.started_at,
+            started_at=started_at,
             port=rec.port,
             gpus=rec.gpus,
             health=t.health,

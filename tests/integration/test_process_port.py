@@ -304,7 +304,8 @@ def test_second_port_instance_adopts_and_stops(
 
     second = make_port()
     adopted = wait_for(second, ENGINE, lambda o: o.health == "ready")
-    assert adopted.pid == obs.pid and adopted.started_at == obs.started_at
+    # started_at is derived from the kernel start ticks (10 ms resolution) on each list()
+    assert adopted.pid == obs.pid and abs(adopted.started_at - obs.started_at) < 0.5
     assert adopted.spec_hash == "h1" and adopted.running
     assert second.owned_pids() == {obs.pid}
     (dry,) = read_state_files(second.state_dir)  # the read-only view of `plan --state-dir`
