@@ -1212,13 +1212,21 @@ class LocalProcessPort:
                         found[child] = stats[child].start_ticks
                         todo.append(child)
         slug = rec.member.slug
+        # The session we created at start (sid = the engine's pid) still holds its
+        # children after the engine dies: vLLM's EngineCore and workers are re-parented to
+        # init and do not carry our env markers (vLLM spawns them with its own env). They
+        # are ours when the session leader is our process or gone; a live stranger that
+        # reused the pid as a session leader has other start ticks, and its session is
+        # left alone unless its members carry our markers.
+        leader = stats.get(rec.pid)
+        session_ours = leader is None or leader.gone or leader.start_ticks == rec.start_ticks
         for st in stats.values():
             if (
                 st.session == rec.pid
                 and st.pid not in found
                 and not st.gone
                 and st.start_ticks >= rec.start_ticks
-                and _has_markers(st.pid, slug, rec.spec_hash)
+                and (session_ours or _has_markers(st.pid, slug, rec.spec_hash))
             ):
                 found[st.pid] = st.start_ticks
         return found

@@ -131,6 +131,8 @@ def main() -> None:
     parser.add_argument("--fail-health-after", type=float, default=None)
     parser.add_argument("--log-bytes-per-sec", type=int, default=0)
     parser.add_argument("--spawn-child", action="store_true")
+    parser.add_argument("--spawn-child-clean-env", action="store_true",
+                        help="the child gets an empty env, as vLLM's EngineCore has no markers")
     ARGS = parser.parse_args()
 
     if ARGS.ignore_sigterm:
@@ -145,7 +147,8 @@ def main() -> None:
     say(f"pid {os.getpid()} pgid {os.getpgid(0)} member {os.environ.get('RECONCILER_MEMBER')}")
     if ARGS.spawn_child:
         # a grandchild that lives as long as it is not killed (like vLLM's EngineCore)
-        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        env = {} if ARGS.spawn_child_clean_env else None
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], env=env)
     if ARGS.exit_after is not None:
 
         def bail() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -285,6 +286,26 @@ def test_stop_falls_back_to_sigkill_and_kills_the_group(
         s.bind(("127.0.0.1", launch.port))  # the port is free
     assert port.list() == [] and port.owned_pids() == frozenset()
     assert not (port.state_dir / "engines" / f"{ENGINE.slug}.json").exists()
+
+
+def test_crashed_engine_leftovers_without_markers_are_killed_on_forget(
+    make_port: Callable[..., LocalProcessPort],
+) -> None:
+    """kill -9 of vLLM's API server leaves EngineCore and workers (re-parented to init,
+    no env markers) holding memory; forgetting the crashed member must end them."""
+    port = make_port()
+    obs = port.start(fake_launch("--spawn-child", "--spawn-child-clean-env"))
+    wait_for(port, ENGINE, lambda o: o.health == "ready")
+    owned = port.owned_pids()
+    child = next(pid for pid in owned if pid != obs.pid)
+    os.kill(obs.pid, signal.SIGKILL)
+    wait_for(port, ENGINE, lambda o: not o.running)
+    assert alive(child)  # orphaned, as vLLM's EngineCore is
+    port.forget(ENGINE)
+    deadline = time.monotonic() + 5
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(child)
 
 
 def test_stop_of_unknown_member_is_a_no_op(make_port: Callable[..., LocalProcessPort]) -> None:
