@@ -468,10 +468,12 @@ def _start_blockers(
         delay = node.backoff.delay(key, failures)
         if w.placement.multi_node and member.role != "engine":
             # A multi-node group does not re-form at once, not even after its first
-            # failure: its Ray nodes stay down for at least the initial backoff, so that
-            # followers see the leader's head go and leave the old cluster, and the leader
-            # sees a lost member, before anyone joins again (a worker attached to a dead
-            # head looks joined until its raylet gives up).
+            # failure: its Ray nodes start again no sooner than the initial backoff after
+            # the failure tick, so that followers see the leader's head go and leave the
+            # old cluster, and the leader sees a lost member, before anyone joins again
+            # (a worker attached to a dead head looks joined until its raylet gives up,
+            # RAY_gcs_rpc_server_reconnect_timeout_s, 60 s by default). The time the stop
+            # itself takes counts towards it.
             delay = max(delay, node.backoff.initial_s)
         at = last + delay
         if at > now:

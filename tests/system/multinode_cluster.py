@@ -239,7 +239,6 @@ class MultiNodeCluster:
                         "RAY_health_check_failure_threshold": "3",
                         # a raylet whose head went away gives up after 5 s, not 60 s
                         "RAY_gcs_rpc_server_reconnect_timeout_s": "5",
-                        "RAY_DEFAULT_OBJECT_STORE_MEMORY_PROPORTION": "0.01",
                     },
                 },
                 "simulateGpus": {"count": self.gpus_per_node},

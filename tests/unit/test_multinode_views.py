@@ -133,3 +133,17 @@ def test_waiting_leader_names_missing_and_mismatched_members() -> None:
     assert p.empty and p.replicas[KEY].state == "Pending"
     assert f"missing {follower} ({follower_ip})" in reason
     assert f"not counted, at another spec hash: {follower_ip} at 0ld" in reason
+
+
+def test_a_ray_member_waits_the_initial_backoff_even_after_a_first_failure() -> None:
+    from reconciler.model import RestartRecord
+
+    want, h, _, follower = _setup()
+    inv = Inventory(restarts={KEY: RestartRecord(failures=1, last_failure_at=0.0,
+                                                 total_restarts=1, last_reason="exited")})
+    up = {KEY: PeerReplica(h, ready=False, head_up=True)}
+    p = plan(want, observed(follower, gpus(8), peers=up), inv, 5.0, ctx(follower))
+    assert p.empty and p.replicas[KEY].state == "CrashLoopBackOff"
+    assert p.replicas[KEY].reason == "restart 1 in 5s (exited)"
+    p = plan(want, observed(follower, gpus(8), peers=up), inv, 10.5, ctx(follower))
+    assert [str(getattr(a, "member", "")) for a in p.actions] == ["r1/0/ray-worker"]
