@@ -57,6 +57,10 @@ TRANSITIONS: dict[tuple[ReplicaState, ReplicaState], tuple[Kind, str]] = {
     # died and the next restart must wait (second failure onwards): Failed is implied
     ("Starting", "CrashLoopBackOff"): ("passive", "died while loading; waiting for backoff"),
     ("Ready", "CrashLoopBackOff"): ("passive", "died while serving; waiting for backoff"),
+    # apply stops synchronously: a replica can pass Draining within one tick and be seen
+    # next as gone (deleted, suspended, scaled down, moved to another node)
+    ("Ready", "Stopped"): ("active", "stopped within one tick (Draining passed through)"),
+    ("Starting", "Stopped"): ("active", "stopped while loading, within one tick"),
 }
 
 
