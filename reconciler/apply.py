@@ -4,6 +4,7 @@ each action yields a result that the next tick (and status) can see."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
@@ -59,13 +60,17 @@ def apply(
             log.info("reaped", extra={"member": str(action.member), "reason": action.reason})
             results.append(ActionResult(action, True))
         elif isinstance(action, Stop):
+            began = time.monotonic()
             ok = processes.stop(action.member, config.stop_grace_s)
             if ok:
                 crash_point("engine-stopped")  # test-only: killed before the inventory update
                 inventory.remove_member(action.member)
                 if action.failure:
+                    # the backoff runs from when the stop completed: a long grace must not
+                    # use the delay up and let the member come straight back
+                    done = now + (time.monotonic() - began)
                     inventory.record_failure(
-                        action.member.replica, now, action.reason, config.reset_after_s
+                        action.member.replica, done, action.reason, config.reset_after_s
                     )
                 log.info("stopped", extra={"member": str(action.member), "reason": action.reason})
                 results.append(ActionResult(action, True))
