@@ -14,30 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from reconciler.atomicfile import atomic_write
 from reconciler.model import Inventory, MemberKey, OwnedMember, ReplicaKey, RestartRecord
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o640) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def to_json(inv: Inventory) -> dict[str, Any]:

@@ -47,6 +47,15 @@ def model_path_allowed(ctx: NodeContext, path: str | None) -> bool:
                for r in ctx.allowed_model_roots)
 
 
+def _set_derived(env: dict[str, str], member: MemberKey, spec_hash: str) -> None:
+    # NVML numbers GPUs in PCI bus order, CUDA fastest-first by default: make CUDA agree
+    # with the indices we assigned from NVML.
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    # ownership markers: adoption and orphan detection read them back from /proc
+    env[MARKER_MEMBER] = member.slug
+    env[MARKER_HASH] = spec_hash
+
+
 def _node(cluster: Cluster, name: str) -> Node:
     for node in cluster.spec.nodes:
         if node.name == name:
@@ -152,11 +161,7 @@ def engine_launch(
     if placement.multi_node and placement.ray_block is not None:
         leader = _node(cluster, placement.leader)
         env["RAY_ADDRESS"] = f"{leader.address}:{ray_ports(cluster, placement.ray_block).gcs}"
-    # NVML numbers GPUs in PCI bus order, CUDA fastest-first by default: make CUDA agree
-    # with the indices we assigned from NVML.
-    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    env[MARKER_MEMBER] = member.slug
-    env[MARKER_HASH] = spec_hash
+    _set_derived(env, member, spec_hash)
     return LaunchSpec(
         member=member,
         spec_hash=spec_hash,
@@ -226,11 +231,7 @@ def ray_launch(
             nccl_ib_hca=net.nccl_ib_hca,
         )
     )
-    # NVML numbers GPUs in PCI bus order, CUDA fastest-first by default: make CUDA agree
-    # with the indices we assigned from NVML.
-    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    env[MARKER_MEMBER] = member.slug
-    env[MARKER_HASH] = spec_hash
+    _set_derived(env, member, spec_hash)
     return LaunchSpec(
         member=member,
         spec_hash=spec_hash,

@@ -13,8 +13,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.atomicfile import atomic_write
 from reconciler.errors import InvalidDesiredState, Problem
-from reconciler.inventory import atomic_write
 from reconciler.loader import DesiredState, load_directory
 from reconciler.ports.git_source import CommitInfo, GitSource, SourceError
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from reconciler.atomicfile import atomic_write
 from reconciler.crashpoints import crash_point
 from reconciler.errors import EngineStartError
 from reconciler.model import Health, LaunchSpec, MemberKey, ProcessObservation
@@ -461,25 +462,6 @@ class EngineRecord:
         )
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def read_state_files(state_dir: Path) -> list[ProcessObservation]:
     """What the state dir says this node owns, without probing, threads or signals (for
     a dry-run `plan` beside a running daemon). Liveness is checked through /proc (pid +
@@ -842,7 +824,7 @@ class LocalProcessPort:
     def _write_record(self, record: EngineRecord) -> None:
         data = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
         with self._lock:
-            _atomic_write(self._state_path(record.member), data)
+            atomic_write(self._state_path(record.member), data)
 
     def _update_record(self, tracked: _Tracked, **changes: Any) -> None:
         """Rewrite the state file with `changes`, unless it was dropped meanwhile."""
