@@ -18,6 +18,7 @@ the traceback, before any handler formats the record.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as _dt
 import json
 import logging
@@ -34,6 +35,13 @@ REDACTED = "***"
 _STANDARD = frozenset(
     vars(logging.LogRecord("x", logging.INFO, "x", 1, "x", None, None)).keys()
 ) | {"message", "asctime", "taskName"}
+
+
+# Set by the reconcile loop for the length of one tick, so every line logged during the
+# tick (plan, apply, ports) carries its id without threading it through every call.
+current_reconcile_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "reconcile_id", default=None
+)
 
 
 def redact(value: Any, secrets: Iterable[str]) -> Any:
@@ -111,7 +119,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        rid = getattr(record, "reconcile_id", None)
+        rid = getattr(record, "reconcile_id", None) or current_reconcile_id.get()
         if rid is not None:
             out["reconcile_id"] = str(rid)
         for key, value in vars(record).items():

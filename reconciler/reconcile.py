@@ -17,6 +17,7 @@ from reconciler.inventory import InventoryStore
 from reconciler.launch import NodeContext
 from reconciler.lifecycle import IllegalTransition, transition
 from reconciler.loader import DesiredState
+from reconciler.logjson import current_reconcile_id
 from reconciler.model import ObservedState, Plan, ReplicaKey, ReplicaState
 from reconciler.observe import observe
 from reconciler.placement import place
@@ -80,6 +81,13 @@ class Reconciler:
 
     def tick(self) -> TickResult:
         reconcile_id = uuid.uuid4().hex[:12]
+        token = current_reconcile_id.set(reconcile_id)
+        try:
+            return self._tick(reconcile_id)
+        finally:
+            current_reconcile_id.reset(token)
+
+    def _tick(self, reconcile_id: str) -> TickResult:
         started = time.monotonic()
         now = self.ports.clock.now()
         self.inventory.clamp_future(now)

@@ -214,3 +214,33 @@ def test_foreign_gpu_process_and_deleted_deployment(tmp_path: Path, source: Fake
     n.tick()
     assert n.procs.stop_count(ENGINE_A) == 1
     assert ENGINE_A not in n.inventory.current.members
+
+
+def test_every_line_of_a_tick_carries_its_reconcile_id(
+    tmp_path: Path, source: FakeGitSource
+) -> None:
+    import io
+    import json
+    import logging
+
+    from reconciler.logjson import JsonFormatter
+
+    source.commit({"cluster.yaml": CLUSTER, "a.yaml": deployment("a", 8000)})
+    n = Node(tmp_path, source)
+    n.sync.sync(n.clock.now())
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("reconciler")
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        result = n.rec.tick()
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    lines = [json.loads(line) for line in buf.getvalue().splitlines()]
+    started = [e for e in lines if e["msg"] == "started"]
+    assert started, lines  # apply's own line, logged without passing the id around
+    assert {e.get("reconcile_id") for e in lines} == {result.reconcile_id}
