@@ -152,6 +152,7 @@ def node_context(config: NodeConfig) -> NodeContext:
         python=str(engine.python),
         ray=str(engine.ray_executable()),
         api_server_module=engine.api_server_module,
+        cli_argv=tuple(engine.cli_argv),
         env=dict(engine.env),
         state_dir=str(config.state_dir),
         allowed_model_roots=tuple(str(r) for r in engine.allowed_model_roots),

@@ -29,6 +29,8 @@ class NodeContext:
     python: str
     ray: str
     api_server_module: str = "vllm.entrypoints.openai.api_server"
+    # vLLM's CLI after the python executable (`... serve MODEL`): multi-node executor mp
+    cli_argv: tuple[str, ...] = ("-m", "vllm.entrypoints.cli.main")
     env: Mapping[str, str] = field(default_factory=dict)
     state_dir: str = "/var/lib/reconciler"
     allowed_model_roots: tuple[str, ...] = ()  # empty: any absolute path
@@ -104,6 +106,18 @@ def ray_temp_dir(state_dir: str, member: MemberKey, spec_hash: str) -> str:
     return f"{state_dir}/ray/{digest}"
 
 
+def mp_multi_node(dep: ModelDeployment, placement: ReplicaPlacement) -> bool:
+    """A replica run by vLLM's own multi-node mode: one engine process per node, no Ray."""
+    return placement.multi_node and dep.spec.executor == "mp"
+
+
+def mp_master_port(cluster: Cluster, placement: ReplicaPlacement) -> int:
+    """The torch.distributed rendezvous port of an mp multi-node replica: the first port of
+    its (Ray) port block, reserved for it cluster-wide by placement."""
+    assert placement.ray_block is not None
+    return cluster.spec.ports.ray.start + placement.ray_block * cluster.spec.ports.ray_block_size
+
+
 def engine_launch(
     ctx: NodeContext,
     cluster: Cluster,
@@ -112,31 +126,64 @@ def engine_launch(
     spec_hash: str,
     gpus: tuple[int, ...],
 ) -> LaunchSpec:
-    """The vLLM server: a whole single-node replica, or the driver on a multi-node leader."""
+    """The vLLM server: a whole single-node replica, the driver on a Ray multi-node
+    leader, or one rank of an mp multi-node replica (the leader's serves HTTP, the
+    followers' run `--headless`)."""
     spec = dep.spec
     node = _node(cluster, ctx.name)
     model_ref = spec.model.path or spec.model.hub_id or ""
     par = spec.parallelism
-    argv = [
-        ctx.python,
-        "-m",
-        ctx.api_server_module,
-        "--model",
-        model_ref,
-        "--served-model-name",
-        spec.model.served_name,
-        "--host",
-        node.address,
-        "--port",
-        str(placement.port),
-    ]
+    mp_multi = mp_multi_node(dep, placement)
+    headless = mp_multi and ctx.name != placement.leader
+    argv: list[str]
+    if mp_multi:
+        # vLLM's CLI: only `serve` has --headless (the follower side of --nnodes)
+        leader = _node(cluster, placement.leader)
+        argv = [ctx.python, *ctx.cli_argv, "serve", model_ref]
+        argv += [
+            "--nnodes",
+            str(len(placement.nodes)),
+            "--node-rank",
+            str(placement.nodes.index(ctx.name)),
+            "--master-addr",
+            leader.address,
+            "--master-port",
+            str(mp_master_port(cluster, placement)),
+        ]
+        if headless:
+            argv += ["--headless"]
+        else:
+            argv += [
+                "--served-model-name",
+                spec.model.served_name,
+                "--host",
+                node.address,
+                "--port",
+                str(placement.port),
+            ]
+    else:
+        argv = [
+            ctx.python,
+            "-m",
+            ctx.api_server_module,
+            "--model",
+            model_ref,
+            "--served-model-name",
+            spec.model.served_name,
+            "--host",
+            node.address,
+            "--port",
+            str(placement.port),
+        ]
     if par.tensor > 1:
         argv += ["--tensor-parallel-size", str(par.tensor)]
     if par.pipeline > 1:
         argv += ["--pipeline-parallel-size", str(par.pipeline)]
     if par.data > 1:
         argv += ["--data-parallel-size", str(par.data)]
-    if placement.multi_node:
+    if mp_multi:
+        argv += ["--distributed-executor-backend", "mp"]
+    elif placement.multi_node:
         argv += ["--distributed-executor-backend", "ray"]
     elif par.world_size > 1:
         argv += ["--distributed-executor-backend", spec.executor]
@@ -158,7 +205,7 @@ def engine_launch(
     env = _base_env(ctx, cluster, dep)
     env.update(_network_env(cluster, node))
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)
-    if placement.multi_node and placement.ray_block is not None:
+    if placement.multi_node and placement.ray_block is not None and not mp_multi:
         leader = _node(cluster, placement.leader)
         env["RAY_ADDRESS"] = f"{leader.address}:{ray_ports(cluster, placement.ray_block).gcs}"
     _set_derived(env, member, spec_hash)
@@ -167,10 +214,11 @@ def engine_launch(
         spec_hash=spec_hash,
         argv=tuple(argv),
         env=env,
-        port=placement.port,
+        # a headless follower serves no HTTP: port 0, ready while it runs
+        port=0 if headless else placement.port,
         gpus=gpus,
         startup_timeout_s=startup_timeout(cluster, dep),
-        served_name=spec.model.served_name,
+        served_name="" if headless else spec.model.served_name,
         probe_timeout_s=spec.probes.timeout_seconds,
         probe_period_s=spec.probes.period_seconds,
     )

@@ -130,6 +130,10 @@ class PeerReplica:
     spec_hash: str  # of what the leader runs (its Ray head, or its engine)
     ready: bool  # the replica's engine answers
     head_up: bool = False  # multi-node: the leader's Ray head is running at spec_hash
+    # the leader's running engine, whatever runs beside it: an mp multi-node replica (vLLM
+    # --nnodes, no Ray) is up and ready by its leader's engine alone
+    engine_hash: str = ""  # "": no engine running
+    engine_ready: bool = False
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from reconciler.launch import ray_ports
+from reconciler.launch import mp_multi_node, ray_ports
 from reconciler.loader import DesiredState
 from reconciler.model import (
     MemberKey,
@@ -45,6 +45,8 @@ def observe(
         for p in placement.on_node(node):
             if ray is None or not p.multi_node or p.ray_block is None:
                 continue
+            if mp_multi_node(desired.deployments[p.key.deployment], p):
+                continue  # vLLM's own multi-node mode: no Ray
             address = f"{addresses[p.leader]}:{ray_ports(desired.cluster, p.ray_block).gcs}"
             if p.leader == node:
                 # Members are the nodes labelled with the hash of the head that runs.

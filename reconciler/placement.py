@@ -193,7 +193,13 @@ def _choose(
         if not names:
             return "unschedulable: no node matches the placement"
         fresh = [n for n in names if n not in holding]
-        return [(fresh or names)[0]]
+        if shape.nodes == 1:
+            return [(fresh or names)[0]]
+        # a multi-node CPU replica (executor mp): one rank on each of distinct nodes
+        if len(names) < shape.nodes:
+            return f"unschedulable: needs {shape.nodes} nodes, {len(names)} match"
+        held = [n for n in names if n in holding]
+        return (fresh + held)[: shape.nodes]
     if pool.count_fitting(need) < shape.nodes:
         return (
             f"unschedulable: needs {shape.gpus} GPUs ({shape.nodes} node(s) x {need}), "

@@ -7,13 +7,15 @@ start only happens once the GPUs and port it needs are free.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from reconciler.gpuassign import assign_gpus
 from reconciler.launch import (
     NodeContext,
     engine_launch,
     model_path_allowed,
+    mp_multi_node,
     ray_launch,
     startup_timeout,
 )
@@ -24,6 +26,7 @@ from reconciler.model import (
     MarkReady,
     MemberKey,
     ObservedState,
+    PeerReplica,
     Placement,
     Plan,
     ProcessObservation,
@@ -74,7 +77,8 @@ def wanted_members(
     for p in placement.on_node(node):
         dep = desired.deployments[p.key.deployment]
         h = spec_hash(desired.cluster, dep)
-        if not p.multi_node:
+        if not p.multi_node or mp_multi_node(dep, p):
+            # single-node, or vLLM's own multi-node mode: one engine (rank) per node
             m = MemberKey(p.key, "engine")
             out[m] = _Wanted(m, p, dep, h, p.gpus_per_node)
         elif p.leader == node:
@@ -187,6 +191,7 @@ def plan(
             notes=("no valid desired state yet: nothing is started or stopped",),
         )
     placement = place(desired)
+    observed = _mp_peer_views(desired, placement, observed)
     wanted = wanted_members(desired, placement, node.name)
     work = _Work(addresses={n.name: n.address for n in desired.cluster.spec.nodes})
 
@@ -264,7 +269,7 @@ def plan(
             work.failed_now.add(member.replica)
 
     # 2b. fate sharing: a multi-node replica lives and dies as one group
-    _fate_sharing(work, wanted, observed)
+    _fate_sharing(work, wanted, observed, node.name)
 
     # 3. GPU assignment for what should run here
     usable, blocked = _usable_gpus(observed)
@@ -352,7 +357,9 @@ def plan(
     )
 
 
-def _fate_sharing(work: _Work, wanted: dict[MemberKey, _Wanted], observed: ObservedState) -> None:
+def _fate_sharing(
+    work: _Work, wanted: dict[MemberKey, _Wanted], observed: ObservedState, node: str
+) -> None:
     def live(member: MemberKey) -> bool:
         proc = observed.processes.get(member)
         return bool(proc and proc.running and member not in work.stopping)
@@ -368,6 +375,10 @@ def _fate_sharing(work: _Work, wanted: dict[MemberKey, _Wanted], observed: Obser
         if not p.multi_node:
             continue
         key = member.replica
+        if mp_multi_node(w.dep, p):
+            if live(member):
+                _mp_fate_sharing(member, w, observed, node, stop)
+            continue
         if member.role == "ray-head" and live(member):
             engine = MemberKey(key, "engine")
             view = observed.ray.get(key)
@@ -411,6 +422,56 @@ def _fate_sharing(work: _Work, wanted: dict[MemberKey, _Wanted], observed: Obser
             if peer.spec_hash != w.spec_hash or not peer.head_up:
                 what = "is down" if not peer.head_up else f"runs hash {peer.spec_hash}"
                 stop(member, f"{key}: fate sharing: the leader's Ray head {what}", False)
+
+
+def _mp_peer_views(
+    desired: DesiredState, placement: Placement, observed: ObservedState
+) -> ObservedState:
+    """For mp multi-node replicas (no Ray head), what a peer says about its leader's
+    engine becomes the replica's view: spec_hash and head_up from the engine that runs,
+    ready from its health. Every later rule then reads peers the same way for both
+    executors."""
+    views = dict(observed.peers)
+    changed = False
+    for key, peer in observed.peers.items():
+        p = placement.replicas.get(key)
+        if p is None or not mp_multi_node(desired.deployments[key.deployment], p):
+            continue
+        views[key] = PeerReplica(
+            spec_hash=peer.engine_hash,
+            ready=peer.engine_ready,
+            head_up=peer.engine_hash != "",
+            engine_hash=peer.engine_hash,
+            engine_ready=peer.engine_ready,
+        )
+        changed = True
+    return replace(observed, peers=views) if changed else observed
+
+
+def _mp_fate_sharing(
+    member: MemberKey,
+    w: _Wanted,
+    observed: ObservedState,
+    node: str,
+    stop: Callable[[MemberKey, str, bool], None],
+) -> None:
+    """vLLM mp multi-node: a follower rank leaves when the leader's engine is down or at
+    another hash. The leader cannot see its followers through the peers (they lead
+    nothing); a follower that dies breaks the torch.distributed group and vLLM fails on
+    the leader, which is then reaped (or timed out) like any engine failure."""
+    p = w.placement
+    if p.leader == node:
+        return
+    key = member.replica
+    peer = observed.peers.get(key)
+    if peer is None:
+        return  # leader unreachable: cannot know; vLLM notices a broken group
+    # against the hash this rank runs: a rank held back by a rollout still belongs to the
+    # leader's engine of its own hash
+    mine = observed.processes[member].spec_hash
+    if peer.spec_hash != mine or not peer.head_up:
+        what = "is down" if not peer.head_up else f"runs hash {peer.spec_hash}"
+        stop(member, f"{key}: fate sharing: the leader {p.leader}'s engine {what}", False)
 
 
 def _nodes_at(ips: tuple[str, ...], addresses: dict[str, str]) -> str:
@@ -466,14 +527,18 @@ def _start_blockers(
         last = now
     if failures > 0:
         delay = node.backoff.delay(key, failures)
-        if w.placement.multi_node and member.role != "engine":
+        if w.placement.multi_node and (
+            member.role != "engine" or mp_multi_node(w.dep, w.placement)
+        ):
             # A multi-node group does not re-form at once, not even after its first
             # failure: its Ray nodes start again no sooner than the initial backoff after
             # the failure tick, so that followers see the leader's head go and leave the
             # old cluster, and the leader sees a lost member, before anyone joins again
             # (a worker attached to a dead head looks joined until its raylet gives up,
             # RAY_gcs_rpc_server_reconnect_timeout_s, 60 s by default). The time the stop
-            # itself takes counts towards it.
+            # itself takes counts towards it. The same for every rank of an mp multi-node
+            # replica: a leader engine restarted at once would look unchanged to its
+            # followers, whose ranks still belong to the dead group.
             delay = max(delay, node.backoff.initial_s)
         at = last + delay
         if at > now:
@@ -486,7 +551,19 @@ def _start_blockers(
             detail += f"; GPUs not observable: {observed.gpus.error or 'NVML unavailable'}"
         return "Pending", f"waiting for GPUs: {detail}"
     p = w.placement
-    if p.multi_node and member.role == "engine":
+    mp_multi = mp_multi_node(w.dep, p)
+    if mp_multi and p.leader != node.name:
+        # a follower rank joins the leader's rendezvous: only once the leader's engine
+        # runs at this very hash
+        peer = observed.peers.get(key)
+        if peer is None or peer.spec_hash != w.spec_hash or not peer.head_up:
+            seen = "unknown" if peer is None else (
+                f"at hash {peer.spec_hash}" if peer.head_up else "engine not running"
+            )
+            return "Pending", (
+                f"waiting for leader {p.leader}'s engine at hash {w.spec_hash} (leader {seen})"
+            )
+    if p.multi_node and not mp_multi and member.role == "engine":
         head = MemberKey(key, "ray-head")
         head_proc = observed.processes.get(head)
         if head_proc is None or not head_proc.running or head_proc.spec_hash != w.spec_hash:
@@ -563,6 +640,29 @@ def _running_status(
     inventory: InventoryModel,
 ) -> None:
     key = w.member.replica
+    if (
+        w.member.role == "engine"
+        and mp_multi_node(w.dep, w.placement)
+        and w.placement.leader != node.name
+    ):
+        # a headless follower rank: the leader's engine decides the replica's state
+        peer = observed.peers.get(key)
+        if peer is not None and peer.ready and peer.spec_hash == w.spec_hash:
+            record = inventory.restarts.get(key)
+            if record is None or record.ready_since is None:
+                work.actions.append(MarkReady(key, f"{key}: ready"))
+            work.statuses[key] = _status(w, "Ready", "serving (led by the leader)", node.name, proc)
+        elif peer is None:
+            work.statuses[key] = _status(
+                w, "Starting", f"engine rank running; leader {w.placement.leader} unreachable",
+                node.name, proc,
+            )
+        else:
+            work.statuses[key] = _status(
+                w, "Starting", "engine rank running; waiting for the leader's engine",
+                node.name, proc,
+            )
+        return
     if w.member.role == "engine":
         if proc.health == "ready":
             state: ReplicaState = "Ready"

@@ -43,7 +43,10 @@ def replica_shape(
 
     A replica spans as few nodes as possible. On several nodes each contributes the same
     number of GPUs, a multiple of the tensor-parallel size (tensor parallel traffic stays
-    inside a node; pipeline stages cross nodes), as KubeRay and GPUStack do.
+    inside a node; pipeline stages cross nodes), as KubeRay and GPUStack do. The same
+    rule holds for both executors: "ray" forms a Ray cluster, "mp" runs vLLM's own
+    multi-node mode (one process per node, --nnodes/--node-rank). CPU-only candidates run
+    one rank per node, so a CPU replica of world size N spans N nodes (executor "mp" only).
     """
     par = dep.spec.parallelism
     world = par.world_size
@@ -52,17 +55,23 @@ def replica_shape(
     if not candidates:
         return "no node matches the placement"
     if not any(n.gpus.count > 0 for n in candidates):
-        if world != 1:
-            return f"CPU engines run one rank; parallelism asks for {world}"
-        return ReplicaShape(nodes=1, gpus_per_node=0)
+        if world == 1:
+            return ReplicaShape(nodes=1, gpus_per_node=0)
+        if dep.spec.executor != "mp":
+            return (
+                f"CPU engines run one rank per node, across nodes only with executor 'mp'; "
+                f"parallelism asks for {world}"
+            )
+        # vLLM's Ray-free multi-node mode (--nnodes): one CPU rank on each of N nodes
+        if world > len(candidates):
+            return (
+                f"CPU engines run one rank per node; parallelism asks for {world}, "
+                f"{len(candidates)} matching node(s)"
+            )
+        return ReplicaShape(nodes=world, gpus_per_node=0)
     largest = max(n.gpus.count for n in candidates)
     if world <= largest:
         return ReplicaShape(nodes=1, gpus_per_node=world)
-    if dep.spec.executor == "mp":
-        return (
-            f"executor 'mp' runs on one node; {world} GPUs needed, "
-            f"largest matching node has {largest}"
-        )
     if par.tensor > largest:
         return (
             f"tensor parallel {par.tensor} exceeds the {largest} GPUs of the largest matching "

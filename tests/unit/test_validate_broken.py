@@ -410,15 +410,17 @@ CASES = [
         ),
     ),
     Case(
-        "executor-mp-needs-more-than-a-node",
-        {"chat.yaml": edit(CHAT, "{tensor: 4}", "{tensor: 4, pipeline: 4}\n  executor: mp")},
+        # executor mp spans nodes like ray (vLLM --nnodes) and keeps tensor parallel
+        # inside a node
+        "executor-mp-tensor-across-nodes",
+        {"chat.yaml": edit(CHAT, "{tensor: 4}", "{tensor: 16}\n  executor: mp")},
         (
             Expect(
                 "chat.yaml",
                 10,
                 3,
                 "spec.parallelism",
-                "executor 'mp' runs on one node; 16 GPUs needed, largest matching node has 8",
+                "tensor parallel 16 exceeds the 8 GPUs of the largest matching node",
             ),
         ),
     ),
