@@ -26,8 +26,8 @@ from tests.builders import cluster, ctx, deployment, desired, gpus, node
 def make_state(n_nodes: int, n_deps: int) -> DesiredState:
     nodes = [node(f"n{i}", gpus=8, ip=f"10.{i // 250}.{i % 250}.1", pool=f"p{i % 4}")
              for i in range(n_nodes)]
-    c = cluster(*nodes, ports={"engine": {"start": 1024, "end": 65000},
-                               "ray": {"start": 100, "end": 1000}, "rayBlockSize": 20})
+    c = cluster(*nodes, ports={"engine": {"start": 1024, "end": 60000},
+                               "ray": {"start": 60001, "end": 65000}, "rayBlockSize": 20})
     deps = []
     for j in range(n_deps):
         tp = (1, 2, 4, 8)[j % 4]
