@@ -43,7 +43,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from reconciler.ports.processes import probe_engine  # noqa: E402
+from reconciler.ports.processes import probe_engine, read_environ  # noqa: E402
 from reconciler.tinymodel import make_tiny_model  # noqa: E402
 from reconciler.webhook_auth import hmac_sha256_hex  # noqa: E402
 from tests.gitserver import HttpGitServer, Operator, free_port, isolated_git_env  # noqa: E402
@@ -89,19 +89,6 @@ def wait_for(pred: Callable[[], bool], timeout: float, what: str, step: float = 
     raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    out: dict[str, str] = {}
-    for item in raw.split(b"\0"):
-        key, sep, value = item.partition(b"=")
-        if sep:
-            out[key.decode(errors="replace")] = value.decode(errors="replace")
-    return out
-
-
 def session_of(pid: int) -> int | None:
     try:
         data = Path(f"/proc/{pid}/stat").read_text(errors="replace")
@@ -118,7 +105,7 @@ def pids() -> set[int]:
 def marker_pids(state_marker: str, member: str | None = None) -> list[int]:
     found = []
     for pid in pids():
-        env = environ(pid)
+        env = read_environ(pid) or {}
         if env.get("RECONCILER_STATE_DIR") != state_marker or session_of(pid) is None:
             continue
         if member is None or env.get("RECONCILER_MEMBER") == member:
@@ -278,7 +265,7 @@ spec:
         if rep.get("restarts", 0):
             raise SystemExit(f"{name} failed before it was Ready ({rep.get('restarts')} "
                              "restarts): its kill would not be a first restart")
-        env = {k: v for k, v in environ(old).items() if k not in MARKERS}
+        env = {k: v for k, v in (read_environ(old) or {}).items() if k not in MARKERS}
         say(f"{name}: push -> Ready in /status {took:.2f}s (pid {old})")
 
         # (b) crash -> replacement process
@@ -292,7 +279,7 @@ spec:
             if time.monotonic() - t1 > 30:
                 raise SystemExit(f"{name}: no replacement within 30s")
             for pid in pids() - known:
-                env_new = environ(pid)
+                env_new = read_environ(pid) or {}
                 if (env_new.get("RECONCILER_MEMBER") == member
                         and env_new.get("RECONCILER_STATE_DIR") == marker):
                     new = pid

@@ -162,17 +162,16 @@ def _all_stats() -> dict[int, ProcStat]:
 
 def _has_markers(pid: int, slug: str, spec_hash: str) -> bool:
     """Does the process carry our env markers for this member (inherited from the leader)?"""
-    try:
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
+    env = read_environ(pid)
     return (
-        f"{MARKER_MEMBER}={slug}".encode() in env
-        and f"{MARKER_SPEC_HASH}={spec_hash}".encode() in env
+        env is not None
+        and env.get(MARKER_MEMBER) == slug
+        and env.get(MARKER_SPEC_HASH) == spec_hash
     )
 
 
-def _environ(pid: int) -> dict[str, str] | None:
+def read_environ(pid: int) -> dict[str, str] | None:
+    """A process's initial environment from /proc, None when it cannot be read."""
     try:
         raw = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
@@ -888,7 +887,7 @@ class LocalProcessPort:
         for pid, st in stats.items():
             if st.gone or pid == me or pid in owned:
                 continue
-            env = _environ(pid)
+            env = read_environ(pid)
             if env is None or env.get(MARKER_STATE_DIR) != self._state_marker:
                 continue
             if MARKER_MEMBER in env:

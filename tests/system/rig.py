@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler.ports.processes import read_environ
 from tests.gitserver import HttpGitServer, Operator, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,19 +79,6 @@ class Findings:
 # --- /proc audit ---------------------------------------------------------------------------
 
 
-def _environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    out: dict[str, str] = {}
-    for item in raw.split(b"\0"):
-        k, sep, v = item.partition(b"=")
-        if sep:
-            out[k.decode(errors="replace")] = v.decode(errors="replace")
-    return out
-
-
 def _stat(pid: int) -> tuple[str, int, int] | None:
     """(state, session, start ticks)."""
     try:
@@ -109,7 +97,7 @@ def marked_processes(state_dir: Path) -> dict[int, dict[str, str]]:
         if not name.isdigit():
             continue
         pid = int(name)
-        env = _environ(pid)
+        env = read_environ(pid) or {}
         if "RECONCILER_MEMBER" not in env:
             continue
         try:

@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.ports.processes import read_environ
 from reconciler.tinymodel import make_tiny_model
 from tests.gitserver import HttpGitServer, Operator, free_port, isolated_git_env
 
@@ -113,19 +114,6 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str,
                          f"{explain()}")
 
 
-def proc_env(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    out: dict[str, str] = {}
-    for item in raw.split(b"\0"):
-        key, sep, value = item.partition(b"=")
-        if sep:
-            out[key.decode(errors="replace")] = value.decode(errors="replace")
-    return out
-
-
 def proc_stat(pid: int) -> tuple[str, int] | None:
     """(state, session) from /proc/<pid>/stat, None if gone."""
     try:
@@ -150,7 +138,7 @@ def marker_processes(state_dir: Path) -> dict[int, str]:
         if not name.isdigit():
             continue
         pid = int(name)
-        env = proc_env(pid)
+        env = read_environ(pid) or {}
         if env.get("RECONCILER_STATE_DIR") == marker and "RECONCILER_MEMBER" in env and alive(pid):
             found[pid] = env["RECONCILER_MEMBER"]
     return found
