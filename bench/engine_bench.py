@@ -43,9 +43,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from reconciler.daemon.webhook_auth import hmac_sha256_hex  # noqa: E402
+from reconciler.demo.tinymodel import make_tiny_model  # noqa: E402
 from reconciler.ports.processes import probe_engine, read_environ  # noqa: E402
-from reconciler.tinymodel import make_tiny_model  # noqa: E402
-from reconciler.webhook_auth import hmac_sha256_hex  # noqa: E402
 from tests.gitserver import HttpGitServer, Operator, free_port, isolated_git_env  # noqa: E402
 
 SECRET = "bench-webhook-secret"

@@ -24,7 +24,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from reconciler.webhook_auth import hmac_sha256_hex  # noqa: E402
+from reconciler.daemon.webhook_auth import hmac_sha256_hex  # noqa: E402
 from tests.gitserver import HttpGitServer, Operator, free_port, isolated_git_env  # noqa: E402
 
 SECRET = "bench-webhook-secret"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reconciler.loader import DesiredState
-from reconciler.model import Inventory, ObservedState
-from reconciler.plan import plan
+from reconciler.core.plan import plan
+from reconciler.core.vocabulary import Inventory, ObservedState
+from reconciler.desired.state import DesiredState
 from tests.builders import cluster, ctx, deployment, desired, gpus, node
 
 

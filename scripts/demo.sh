@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-dev.sh
 scripts/install-engine-env.sh --cpu .venv-engine
-exec .venv/bin/python -m reconciler.demo "$@"
+exec .venv/bin/python -m reconciler.demo.driver "$@"

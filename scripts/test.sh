@@ -17,6 +17,8 @@ export RECONCILER_ENGINE_PYTHON="${RECONCILER_ENGINE_PYTHON:-$PWD/.venv-engine/b
 
 echo "[test] ruff" >&2
 .venv/bin/ruff check reconciler schemas tests bench
+echo "[test] layer contract (import-linter)" >&2
+.venv/bin/lint-imports --no-cache
 echo "[test] mypy --strict" >&2
 .venv/bin/mypy
 echo "[test] pytest" >&2

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from reconciler.tinymodel import make_tiny_model  # noqa: E402
+from reconciler.demo.tinymodel import make_tiny_model  # noqa: E402
 from tests.netns import NetnsHarness  # noqa: E402
 
 PROBE = r"""

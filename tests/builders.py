@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.launch import NodeContext
-from reconciler.loader import DesiredState
-from reconciler.model import (
+from reconciler.core.launch import NodeContext
+from reconciler.core.vocabulary import (
     GpuInventory,
     GpuObservation,
     MemberKey,
@@ -16,6 +15,7 @@ from reconciler.model import (
     RayView,
     ReplicaKey,
 )
+from reconciler.desired.state import DesiredState
 from schemas.v1alpha1 import Cluster, ModelDeployment
 
 API = "reconciler.dev/v1alpha1"

@@ -24,10 +24,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from reconciler.launch import NodeContext
-from reconciler.loader import load_directory
-from reconciler.model import GpuInventory, Inventory, ObservedState, Plan, Start
-from reconciler.plan import plan
+from reconciler.core.launch import NodeContext
+from reconciler.desired.loader import load_directory
+from reconciler.core.vocabulary import GpuInventory, Inventory, ObservedState, Plan, Start
+from reconciler.core.plan import plan
 from reconciler.ports.gpus import NvmlGpuPort
 
 NODE = "gpu-node"

@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from reconciler.model import GpuInventory, GpuObservation
+from reconciler.core.vocabulary import GpuInventory, GpuObservation
 from schemas.nodeconfig import SimulatedGpus
 
 _log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from reconciler.model import PeerReplica, ReplicaKey
+from reconciler.core.vocabulary import PeerReplica, ReplicaKey
 
 
 class PeerPort(Protocol):

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from reconciler.atomicfile import atomic_write
-from reconciler.crashpoints import crash_point
-from reconciler.errors import EngineStartError
-from reconciler.model import Health, LaunchSpec, MemberKey, ProcessObservation
+from reconciler.core.errors import EngineStartError
+from reconciler.core.vocabulary import Health, LaunchSpec, MemberKey, ProcessObservation
 from reconciler.ports.clock import Clock, SystemClock
+from reconciler.ports.crashpoints import crash_point
+from reconciler.ports.files import atomic_write
 
 __all__ = [
     "EngineRecord",
@@ -48,7 +48,7 @@ __all__ = [
     "who_holds_port",
 ]
 
-# Env markers set by reconciler.launch (repeated here: ports import nothing from the core).
+# Env markers set by reconciler.core.launch (repeated here: ports import nothing from the core).
 MARKER_MEMBER = "RECONCILER_MEMBER"
 MARKER_SPEC_HASH = "RECONCILER_SPEC_HASH"
 # Set by this port on every child: which state dir owns it and the port it serves. With

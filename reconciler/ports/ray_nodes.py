@@ -27,8 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from reconciler.model import RayView
-from reconciler.ray_commands import SPEC_HASH_LABEL
+from reconciler.core.ray_argv import SPEC_HASH_LABEL
+from reconciler.core.vocabulary import RayView
 
 __all__ = [
     "QUERY_PROGRAM",

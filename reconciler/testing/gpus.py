@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-from reconciler.model import GpuInventory, GpuObservation
+from reconciler.core.vocabulary import GpuInventory, GpuObservation
 
 H100_NAME = "NVIDIA H100 80GB HBM3"
 H100_MEMORY_MIB = 81559

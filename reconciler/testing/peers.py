@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from reconciler.model import PeerReplica, ReplicaKey
+from reconciler.core.vocabulary import PeerReplica, ReplicaKey
 
 
 class FakePeers:

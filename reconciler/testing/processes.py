@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.errors import EngineStartError
-from reconciler.model import Health, LaunchSpec, MemberKey, ProcessObservation
+from reconciler.core.errors import EngineStartError
+from reconciler.core.vocabulary import Health, LaunchSpec, MemberKey, ProcessObservation
 from reconciler.ports.clock import Clock, SystemClock
 
 __all__ = ["FakeHost", "FakeProcess", "FakeProcessPort"]

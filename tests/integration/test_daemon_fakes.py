@@ -18,15 +18,15 @@ import jsonschema
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler.daemon import Daemon, DaemonPorts
-from reconciler.model import MemberKey, ReplicaKey
+from reconciler.core.vocabulary import MemberKey, ReplicaKey
+from reconciler.daemon.loop import Daemon, DaemonPorts
+from reconciler.daemon.sdnotify import Notifier
+from reconciler.daemon.status import status_schema
+from reconciler.daemon.webhook_auth import hmac_sha256_hex
 from reconciler.ports.peers import HttpPeers, PeerAddress, peer_replicas
-from reconciler.sdnotify import Notifier
-from reconciler.status import status_schema
 from reconciler.testing.git_source import FakeGitSource
 from reconciler.testing.gpus import FakeGpuPort
 from reconciler.testing.processes import FakeProcessPort
-from reconciler.webhook_auth import hmac_sha256_hex
 from schemas.nodeconfig import NodeConfig
 from tests.gitserver import free_port
 

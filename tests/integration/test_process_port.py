@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.chat import ChatError, chat
-from reconciler.errors import EngineStartError
-from reconciler.model import LaunchSpec, MemberKey, ProcessObservation, ReplicaKey
+from reconciler.core.errors import EngineStartError
+from reconciler.core.vocabulary import LaunchSpec, MemberKey, ProcessObservation, ReplicaKey
+from reconciler.ports.openai_client import ChatError, chat
 from reconciler.ports.processes import (
     LocalProcessPort,
     read_stat,
@@ -351,7 +351,7 @@ DAEMON = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from reconciler.model import LaunchSpec, MemberKey, ReplicaKey
+    from reconciler.core.vocabulary import LaunchSpec, MemberKey, ReplicaKey
     from reconciler.ports.processes import LocalProcessPort
     state, server, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     p = LocalProcessPort(Path(state), 1 << 20, 1, probe_interval_s=0.1)

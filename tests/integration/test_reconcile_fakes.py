@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.apply import ApplyConfig
-from reconciler.backoff import BackoffPolicy
-from reconciler.inventory import InventoryStore
-from reconciler.launch import NodeContext
-from reconciler.model import MemberKey, ReplicaKey
-from reconciler.reconcile import Ports, Reconciler
-from reconciler.sync import SourceSync
+from reconciler.control.apply import ApplyConfig
+from reconciler.control.reconcile import Ports, Reconciler
+from reconciler.core.backoff import BackoffPolicy
+from reconciler.core.launch import NodeContext
+from reconciler.core.vocabulary import MemberKey, ReplicaKey
+from reconciler.desired.source_sync import SourceSync
+from reconciler.ports.inventory import InventoryStore
 from reconciler.testing.clock import FakeClock
 from reconciler.testing.git_source import FakeGitSource
 from reconciler.testing.gpus import FakeGpuPort
@@ -223,7 +223,7 @@ def test_every_line_of_a_tick_carries_its_reconcile_id(
     import json
     import logging
 
-    from reconciler.logjson import JsonFormatter
+    from reconciler.daemon.log_format import JsonFormatter
 
     source.commit({"cluster.yaml": CLUSTER, "a.yaml": deployment("a", 8000)})
     n = Node(tmp_path, source)

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.daemon import Daemon, DaemonPorts
-from reconciler.model import MemberKey, ReplicaKey
+from reconciler.core.vocabulary import MemberKey, ReplicaKey
+from reconciler.daemon.loop import Daemon, DaemonPorts
 from reconciler.testing.clock import FakeClock
 from reconciler.testing.git_source import FakeGitSource
 from reconciler.testing.gpus import FakeGpuPort

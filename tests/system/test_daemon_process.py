@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.webhook_auth import hmac_sha256_hex
+from reconciler.daemon.webhook_auth import hmac_sha256_hex
 from tests.gitserver import GitServer, Operator, free_port
 
 pytestmark = pytest.mark.system

@@ -1,7 +1,7 @@
 """executor mp across two test hosts: vLLM's own multi-node mode (--nnodes), no Ray.
 
 Two network-namespace hosts (tests/system/multinode_cluster.py), each running a daemon;
-the tiny random-weight Llama (reconciler.tinymodel) on the shared file system; tensor
+the tiny random-weight Llama (reconciler.demo.tinymodel) on the shared file system; tensor
 parallel 2 across the hosts with the vLLM CPU build, run through the version shim
 reconciler/engine_shims/vllm_cli.py (`engine.cliArgv`). The leader's daemon starts its
 rank with the HTTP port, the follower's daemon starts its rank `--headless` once the
@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.tinymodel import make_tiny_model
+from reconciler.demo.tinymodel import make_tiny_model
 from tests.netns import netns_unavailable_reason
 from tests.system.multinode_cluster import (
     REPO,

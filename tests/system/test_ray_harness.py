@@ -1,7 +1,7 @@
 """Real Ray across network-namespace test hosts, with the Ray test engine on top.
 
 Forms a 2-node cluster (head + one follower, one logical GPU each, every port pinned by
-``reconciler.ray_commands``), reads it back with ``reconciler.ports.ray_nodes``, runs
+``reconciler.core.ray_argv``), reads it back with ``reconciler.ports.ray_nodes``, runs
 ``tests/engines/ray_test_engine.py`` with world size 2 (SPREAD) across both nodes, then kills
 the follower's ``ray start --block`` process group and expects the engine's /health to go
 503 and the engine to exit non-zero, and the head to mark the follower DEAD.
@@ -26,8 +26,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.ports.ray_nodes import RayClusterView, SubprocessRayPort
-from reconciler.ray_commands import (
+from reconciler.core.ray_argv import (
     gcs_address,
     ray_driver_env,
     ray_head_argv,
@@ -35,6 +34,7 @@ from reconciler.ray_commands import (
     ray_port_plan,
     ray_worker_argv,
 )
+from reconciler.ports.ray_nodes import RayClusterView, SubprocessRayPort
 from tests.netns import NetnsHarness, NetnsHost
 
 pytestmark = [pytest.mark.system, pytest.mark.netns, pytest.mark.ray, pytest.mark.timeout(150)]

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import InvalidDesiredState
-from reconciler.loader import load_directory
-from reconciler.webhook_auth import hmac_sha256_hex
+from reconciler.core.errors import InvalidDesiredState
+from reconciler.daemon.webhook_auth import hmac_sha256_hex
+from reconciler.desired.loader import load_directory
 from tests.system.rig import (
     REPO,
     SECRET,

@@ -1,7 +1,7 @@
 """The daemon as a real process with real vLLM on the CPU: one node, two deployments.
 
 `python -m reconciler run --config ...` against a git smart-HTTP server on loopback,
-serving the tiny random-weight Llama (reconciler.tinymodel) with vLLM's CPU build.
+serving the tiny random-weight Llama (reconciler.demo.tinymodel) with vLLM's CPU build.
 
 One ordered flow over a module-scoped daemon, so the whole file starts vLLM four times:
 A and B at first, A again for a changed setting, A again after its kill -9. The daemon's
@@ -33,8 +33,8 @@ from typing import Any
 
 import pytest
 
+from reconciler.demo.tinymodel import make_tiny_model
 from reconciler.ports.processes import read_environ
-from reconciler.tinymodel import make_tiny_model
 from tests.gitserver import HttpGitServer, Operator, free_port, isolated_git_env
 
 pytestmark = [pytest.mark.system, pytest.mark.vllm]

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.chat import chat
-from reconciler.model import LaunchSpec, MemberKey, ProcessObservation, ReplicaKey
+from reconciler.core.vocabulary import LaunchSpec, MemberKey, ProcessObservation, ReplicaKey
+from reconciler.demo.tinymodel import make_tiny_model
+from reconciler.ports.openai_client import chat
 from reconciler.ports.processes import LocalProcessPort, read_stat
-from reconciler.tinymodel import make_tiny_model
 
 pytestmark = [pytest.mark.system, pytest.mark.vllm]
 

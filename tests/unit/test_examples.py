@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import main
-from reconciler.fit import check_fit
-from reconciler.loader import load_directory
+from reconciler.cli.main import main
+from reconciler.desired.fit import check_fit
+from reconciler.desired.loader import load_directory
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from reconciler.model import GpuInventory, GpuObservation
+from reconciler.core.vocabulary import GpuInventory, GpuObservation
 from reconciler.ports.gpus import (
     GpuPort,
     NvmlGpuPort,

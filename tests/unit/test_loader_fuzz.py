@@ -18,8 +18,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.errors import InvalidDesiredState
-from reconciler.loader import DesiredState, load_directory
+from reconciler.core.errors import InvalidDesiredState
+from reconciler.desired.loader import load_directory
+from reconciler.desired.state import DesiredState
 
 CLUSTER = """\
 apiVersion: reconciler.dev/v1alpha1

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from reconciler.model import Inventory, PeerReplica, ReplicaKey, Start, Stop
-from reconciler.placement import place
-from reconciler.plan import plan
+from reconciler.core.placement import place
+from reconciler.core.plan import plan
+from reconciler.core.spec_hash import spec_hash
+from reconciler.core.topology import ReplicaShape, replica_shape
+from reconciler.core.vocabulary import Inventory, PeerReplica, ReplicaKey, Start, Stop
 from reconciler.ports.peers import peer_replicas
-from reconciler.spechash import spec_hash
-from reconciler.topology import ReplicaShape, replica_shape
 from tests.builders import cluster, ctx, deployment, desired, gpus, node, observed, proc
 
 EMPTY = Inventory()

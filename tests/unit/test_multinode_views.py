@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.model import Inventory, PeerReplica, RayView, ReplicaKey, Stop
-from reconciler.placement import place
-from reconciler.plan import plan
+from reconciler.core.placement import place
+from reconciler.core.plan import plan
+from reconciler.core.spec_hash import spec_hash
+from reconciler.core.vocabulary import Inventory, PeerReplica, RayView, ReplicaKey, Stop
 from reconciler.ports.peers import peer_replicas
 from reconciler.ports.ray_nodes import RayClusterView, RayNode, replica_view
-from reconciler.spechash import spec_hash
 from tests.builders import cluster, ctx, deployment, desired, gpus, node, observed, proc
 
 EMPTY = Inventory()
@@ -142,7 +142,7 @@ def test_waiting_leader_names_missing_and_mismatched_members() -> None:
 
 
 def test_a_ray_member_waits_the_initial_backoff_even_after_a_first_failure() -> None:
-    from reconciler.model import RestartRecord
+    from reconciler.core.vocabulary import RestartRecord
 
     want, h, _, follower = _setup()
     inv = Inventory(restarts={KEY: RestartRecord(failures=1, last_failure_at=0.0,

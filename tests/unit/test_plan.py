@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from reconciler.model import (
+from reconciler.core.plan import plan
+from reconciler.core.spec_hash import spec_hash
+from reconciler.core.vocabulary import (
     Inventory,
     MarkReady,
     MemberKey,
@@ -14,8 +16,6 @@ from reconciler.model import (
     Start,
     Stop,
 )
-from reconciler.plan import plan
-from reconciler.spechash import spec_hash
 from tests.builders import cluster, ctx, deployment, desired, gpus, node, observed, proc
 
 EMPTY = Inventory()
@@ -204,7 +204,7 @@ def multi_node_setup() -> tuple[object, ...]:
 def test_multi_node_leader_forms_ray_then_starts_engine() -> None:
     c, d, h = multi_node_setup()
     want = desired(c, d)  # type: ignore[arg-type]
-    from reconciler.placement import place
+    from reconciler.core.placement import place
 
     pl = place(want).replicas[ReplicaKey("r1", 0)]
     leader, follower = pl.nodes
@@ -246,7 +246,7 @@ def test_multi_node_leader_forms_ray_then_starts_engine() -> None:
 def test_multi_node_member_death_restarts_group_locally() -> None:
     c, d, h = multi_node_setup()
     want = desired(c, d)  # type: ignore[arg-type]
-    from reconciler.placement import place
+    from reconciler.core.placement import place
 
     leader = place(want).replicas[ReplicaKey("r1", 0)].leader
     dead_head = proc("r1", role="ray-head", spec_hash=h, running=False, exit_code=1)  # type: ignore[arg-type]
@@ -261,7 +261,7 @@ def test_multi_node_member_death_restarts_group_locally() -> None:
 def test_multi_node_lost_member_tears_down_the_replica_on_the_leader() -> None:
     c, d, h = multi_node_setup()
     want = desired(c, d)  # type: ignore[arg-type]
-    from reconciler.placement import place
+    from reconciler.core.placement import place
 
     key = ReplicaKey("r1", 0)
     leader, follower = place(want).replicas[key].nodes
@@ -288,7 +288,7 @@ def test_rolling_update_goes_in_index_order() -> None:
     old = deployment("llama", replicas=3, engine={"maxModelLen": 1024})
     new = deployment("llama", replicas=3, engine={"maxModelLen": 2048})
     h_old, h_new = spec_hash(c, old), spec_hash(c, new)
-    from reconciler.placement import place
+    from reconciler.core.placement import place
 
     pl = place(desired(c, new)).replicas
     where = {k.index: p.nodes[0] for k, p in pl.items()}

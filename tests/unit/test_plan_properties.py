@@ -7,8 +7,10 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.loader import DesiredState
-from reconciler.model import (
+from reconciler.core.placement import place
+from reconciler.core.plan import plan
+from reconciler.core.spec_hash import spec_hash
+from reconciler.core.vocabulary import (
     Inventory,
     MemberKey,
     ObservedState,
@@ -17,9 +19,7 @@ from reconciler.model import (
     RayView,
     Start,
 )
-from reconciler.placement import place
-from reconciler.plan import plan
-from reconciler.spechash import spec_hash
+from reconciler.desired.state import DesiredState
 from tests.builders import cluster, ctx, deployment, desired, gpus, node
 
 SETTINGS = settings(max_examples=120, deadline=None,

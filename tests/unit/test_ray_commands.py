@@ -1,4 +1,4 @@
-"""Unit tests for reconciler.ray_commands and the pure parts of reconciler.ports.ray_nodes."""
+"""Unit tests for reconciler.core.ray_argv and the pure parts of reconciler.ports.ray_nodes."""
 
 from __future__ import annotations
 
@@ -8,13 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.ports.ray_nodes import (
-    RayQueryError,
-    parse_ray_nodes_output,
-    ray_nodes_query_argv,
-    ray_nodes_query_env,
-)
-from reconciler.ray_commands import (
+from reconciler.core.ray_argv import (
     MIN_WORKER_PORTS,
     RESERVED_PORTS,
     gcs_address,
@@ -23,6 +17,12 @@ from reconciler.ray_commands import (
     ray_node_env,
     ray_port_plan,
     ray_worker_argv,
+)
+from reconciler.ports.ray_nodes import (
+    RayQueryError,
+    parse_ray_nodes_output,
+    ray_nodes_query_argv,
+    ray_nodes_query_env,
 )
 
 NODE_PORT_FLAGS = (

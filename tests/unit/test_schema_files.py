@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from schemas.generate import OUT, json_schemas, render
 
 REPO = Path(__file__).resolve().parents[2]

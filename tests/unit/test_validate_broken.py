@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 
 CLUSTER = """\
 apiVersion: reconciler.dev/v1alpha1

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.webhook_auth import WebhookAuth, hmac_sha256_hex, verify_webhook
+from reconciler.daemon.webhook_auth import WebhookAuth, hmac_sha256_hex, verify_webhook
 
 SECRET = b"s3cret"
 BODY = b'{"ref":"refs/heads/main"}'

@@ -1,0 +1,187 @@
+"""`reconciler plan`: what a node would do and why, as a readable diff.
+
+Without --state-dir the node is assumed empty (nothing running) with the GPUs its
+Cluster entry declares: the view a pull request reviewer wants. With --state-dir the
+engines that node owns are read from their state files, without touching them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from reconciler.core.launch import NodeContext
+from reconciler.core.placement import place
+from reconciler.core.plan import plan
+from reconciler.core.vocabulary import (
+    GpuInventory,
+    GpuObservation,
+    Inventory,
+    MarkReady,
+    ObservedState,
+    Plan,
+    ProcessObservation,
+    Reap,
+    Start,
+    Stop,
+)
+from reconciler.desired.state import DesiredState
+from reconciler.ports.inventory import InventoryStore
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def declared_gpus(desired: DesiredState, node: str) -> GpuInventory:
+    decl = next(n for n in desired.cluster.spec.nodes if n.name == node)
+    gpus = tuple(
+        GpuObservation(
+            index=i,
+            uuid=f"declared-{node}-{i}",
+            name=decl.gpus.model or "GPU",
+            memory_total_mib=int(decl.gpus.memory_gib * 1024),
+        )
+        for i in range(decl.gpus.count)
+    )
+    return GpuInventory(gpus=gpus, available=True, simulated=True)
+
+
+def read_state_dir(state_dir: Path) -> tuple[Inventory, list[ProcessObservation]]:
+    from reconciler.ports.processes import read_state_files
+
+    inventory = (
+        InventoryStore(state_dir).current
+        if (state_dir / "inventory.json").exists()
+        else Inventory()
+    )
+    return inventory, read_state_files(state_dir)
+
+
+def render_plan(p: Plan, node: str, revision: str) -> str:
+    lines = [f"node {node}, revision {revision}:"]
+    if p.empty:
+        lines.append("  no changes")
+    for action in p.actions:
+        if isinstance(action, Start):
+            lines.append(f"  + start {action.member}  ({action.reason})")
+            lines.append(f"      argv: {' '.join(action.launch.argv)}")
+            if action.launch.gpus:
+                lines.append(f"      gpus: {','.join(map(str, action.launch.gpus))}")
+        elif isinstance(action, Stop):
+            lines.append(f"  - stop  {action.member}  ({action.reason})")
+        elif isinstance(action, Reap):
+            lines.append(f"  x forget {action.member}  ({action.reason})")
+        elif isinstance(action, MarkReady):
+            lines.append(f"  . {action.reason}")
+    if p.replicas:
+        lines.append("  replicas:")
+        for key, s in p.replicas.items():
+            where = ",".join(s.nodes) or "-"
+            lines.append(f"    {key!s:<28} {s.state:<17} {s.role:<9} nodes={where}  {s.reason}")
+    for note in p.notes:
+        lines.append(f"  note: {note}")
+    return "\n".join(lines)
+
+
+def render_placement(desired: DesiredState) -> str:
+    placement = place(desired)
+    lines = [
+        "placement (every node computes the same):",
+        f"  {'REPLICA':<28} {'NODES':<30} {'GPUS/NODE':<10} {'PORT':<6} RAY BLOCK",
+    ]
+    for key, p in placement.replicas.items():
+        block = "-" if p.ray_block is None else str(p.ray_block)
+        lines.append(
+            f"  {key!s:<28} {','.join(p.nodes):<30} {p.gpus_per_node:<10} {p.port:<6} {block}"
+        )
+    for key, reason in sorted(placement.unschedulable.items()):
+        lines.append(f"  {key!s:<28} {reason}")
+    return "\n".join(lines)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from reconciler.cli.common import EXIT_CHANGES, EXIT_INVALID, EXIT_OK, load_or_report
+
+    desired = load_or_report(Path(args.repo))
+    if desired is None:
+        return EXIT_INVALID
+    names = [n.name for n in desired.cluster.spec.nodes]
+    nodes = names if args.all_nodes else [args.node]
+    if not args.all_nodes and args.node not in names:
+        print(
+            f"error: node {args.node!r} is not in the Cluster (known: {', '.join(names)})",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    changes = False
+    out: list[dict[str, Any]] = []
+    if args.all_nodes and args.format == "text":
+        print(render_placement(desired))
+        print()
+    for node in nodes:
+        inventory = Inventory()
+        processes: list[ProcessObservation] = []
+        if args.state_dir and not args.all_nodes:
+            inventory, processes = read_state_dir(Path(args.state_dir))
+        observed = ObservedState(
+            node=node,
+            gpus=declared_gpus(desired, node),
+            processes={p.member: p for p in processes},
+        )
+        ctx = NodeContext(name=node, python=args.engine_python, ray=args.engine_ray)
+        now = args.now if args.now is not None else time.time()
+        p = plan(desired, observed, inventory, now, ctx)
+        changes = changes or not p.empty
+        if args.format == "json":
+            out.append(
+                {
+                    "node": node,
+                    "changes": not p.empty,
+                    "actions": [_action_json(a) for a in p.actions],
+                    "replicas": {
+                        str(k): {"state": s.state, "reason": s.reason, "nodes": list(s.nodes)}
+                        for k, s in p.replicas.items()
+                    },
+                    "notes": list(p.notes),
+                }
+            )
+        else:
+            print(render_plan(p, node, desired.revision))
+    if args.format == "json":
+        print(json.dumps(out, indent=2))
+    return EXIT_CHANGES if changes else EXIT_OK
+
+
+def _action_json(action: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"type": type(action).__name__, "reason": action.reason}
+    if isinstance(action, Start):
+        data.update(
+            member=str(action.member),
+            argv=list(action.launch.argv),
+            gpus=list(action.launch.gpus),
+            port=action.launch.port,
+        )
+    elif isinstance(action, Stop | Reap):
+        data["member"] = str(action.member)
+    return data
+
+
+def register(sub: Any, handlers: dict[str, Handler]) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="show what a node would do and why (exit 0 no changes, 1 changes, 2 error)",
+    )
+    p.add_argument("--repo", required=True, help="cluster directory (one Cluster document)")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--node", help="the node to plan for")
+    group.add_argument("--all-nodes", action="store_true", help="every node, plus placement")
+    p.add_argument("--state-dir", help="read what the node runs from this state dir")
+    p.add_argument("--engine-python", default="python3", help="engine venv's python")
+    p.add_argument("--engine-ray", default="ray", help="engine venv's ray")
+    p.add_argument("--now", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    handlers["plan"] = cmd_plan

@@ -1,0 +1,174 @@
+"""Load a directory of desired-state YAML into a validated DesiredState.
+
+All problems are collected (never just the first), each located by file, line,
+column and field path. Nothing here raises on bad content except the final
+InvalidDesiredState that carries them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from reconciler.core.errors import InvalidDesiredState, Problem
+from reconciler.desired.state import DesiredState
+from reconciler.desired.yaml_positions import Document, FieldPath, read_documents
+from schemas.v1alpha1 import API_VERSION, KINDS, Cluster, ModelDeployment
+
+SKIP_DIRS = {".git", ".github", ".gitea", ".forgejo", "node_modules"}
+MAX_FILES = 2000
+
+
+def yaml_files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
+    found: list[Path] = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).parts
+        if any(part in SKIP_DIRS or part.startswith(".") for part in rel[:-1]):
+            continue
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            found.append(path)
+    return found
+
+
+def _validation_problems(doc: Document, exc: ValidationError) -> list[Problem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc: FieldPath = tuple(err["loc"])
+        # pydantic reports the failing union member / validator name as a loc part; drop
+        # parts that do not exist in the document so the path stays the user's.
+        clean: list[str | int] = []
+        for part in loc:
+            if isinstance(part, str) and (
+                part.startswith(("function-", "literal[", "union[")) or part == "[key]"
+            ):
+                continue
+            clean.append(part)
+        if any(tuple(clean[: len(bad)]) == bad for bad in doc.unreadable):
+            continue  # the YAML reader already said why this value is missing
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling; see `reconciler schema`)"
+        elif err["type"] == "missing":
+            message = "required field is missing"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        problems.append(doc.problem(tuple(clean), message))
+    return problems
+
+
+def parse_documents(
+    files: list[Path], kinds_seen: set[str] | None = None
+) -> tuple[list[tuple[Document, Cluster | ModelDeployment]], list[Problem]]:
+    """Validate every document; `kinds_seen` collects the kind of each, valid or not."""
+    parsed: list[tuple[Document, Cluster | ModelDeployment]] = []
+    problems: list[Problem] = []
+    for file in files:
+        docs, file_problems = read_documents(file)
+        problems.extend(file_problems)
+        for doc in docs:
+            if not isinstance(doc.data, dict):
+                problems.append(
+                    doc.problem((), f"a document must be a mapping, not {_kind_of(doc.data)}")
+                )
+                continue
+            api_version = doc.data.get("apiVersion")
+            kind = doc.data.get("kind")
+            if kinds_seen is not None and isinstance(kind, str):
+                kinds_seen.add(kind)
+            if api_version is None:
+                problems.append(doc.problem((), "missing apiVersion"))
+                continue
+            if api_version != API_VERSION:
+                problems.append(
+                    doc.problem(
+                        ("apiVersion",),
+                        f"unsupported apiVersion {api_version!r}; expected {API_VERSION!r}",
+                    )
+                )
+                continue
+            if kind is None:
+                problems.append(doc.problem((), "missing kind"))
+                continue
+            if kind not in KINDS:
+                known = ", ".join(sorted(KINDS))
+                problems.append(doc.problem(("kind",), f"unknown kind {kind!r}; known: {known}"))
+                continue
+            try:
+                parsed.append((doc, KINDS[kind].model_validate(doc.data)))
+            except ValidationError as exc:
+                problems.extend(_validation_problems(doc, exc))
+    return parsed, problems
+
+
+def _kind_of(value: Any) -> str:
+    return "a list" if isinstance(value, list) else f"a {type(value).__name__} value"
+
+
+def load_directory(root: Path, revision: str = "local") -> DesiredState:
+    """Load and validate everything under `root`; raise InvalidDesiredState listing all problems."""
+    from reconciler.desired.cross_checks import cross_check
+
+    if not root.exists():
+        raise InvalidDesiredState([Problem(str(root), 1, 1, "", "path does not exist")])
+    files = yaml_files(root)
+    if not files:
+        raise InvalidDesiredState([Problem(str(root), 1, 1, "", "no .yaml or .yml files found")])
+    if len(files) > MAX_FILES:
+        raise InvalidDesiredState(
+            [Problem(str(root), 1, 1, "", f"{len(files)} YAML files; the limit is {MAX_FILES}")]
+        )
+    kinds_seen: set[str] = set()
+    parsed, problems = parse_documents(files, kinds_seen)
+    clusters = [(d, m) for d, m in parsed if isinstance(m, Cluster)]
+    deployments = [(d, m) for d, m in parsed if isinstance(m, ModelDeployment)]
+    # an invalid Cluster document was already reported: "no Cluster" would only mislead
+    if not clusters and "Cluster" not in kinds_seen:
+        problems.append(
+            Problem(str(root), 1, 1, "", "no Cluster document found (need exactly one)")
+        )
+    for doc, _ in clusters[1:]:
+        first = clusters[0][0]
+        problems.append(
+            doc.problem(
+                ("kind",),
+                f"a second Cluster document; the first is at {first.file}:{first.where(())[0]}",
+            )
+        )
+    seen: dict[str, Document] = {}
+    for doc, dep in deployments:
+        name = dep.metadata.name
+        if name in seen:
+            other = seen[name]
+            problems.append(
+                doc.problem(
+                    ("metadata", "name"),
+                    f"duplicate ModelDeployment name {name!r}; also at "
+                    f"{other.file}:{other.where(('metadata', 'name'))[0]}",
+                )
+            )
+        else:
+            seen[name] = doc
+    if clusters:
+        cluster_doc, cluster = clusters[0]
+        problems.extend(
+            cross_check(cluster_doc, cluster, [(seen[n], d) for n, d in _unique(deployments)])
+        )
+    if problems:
+        raise InvalidDesiredState(problems)
+    cluster = clusters[0][1]
+    ordered = dict(sorted(_unique(deployments)))
+    sources = {name: (str(seen[name].file), seen[name].where(())[0]) for name in ordered}
+    return DesiredState(revision=revision, cluster=cluster, deployments=ordered, sources=sources)
+
+
+def _unique(
+    deployments: list[tuple[Document, ModelDeployment]],
+) -> list[tuple[str, ModelDeployment]]:
+    out: dict[str, ModelDeployment] = {}
+    for _, dep in deployments:
+        out.setdefault(dep.metadata.name, dep)
+    return list(out.items())
