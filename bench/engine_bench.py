@@ -40,13 +40,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from reconciler.daemon.webhook_auth import hmac_sha256_hex
+from reconciler.demo.tinymodel import make_tiny_model
+from reconciler.ports.processes import probe_engine, read_environ
+from testrigs.gitserver import HttpGitServer, Operator, free_port, isolated_git_env
 
-from reconciler.daemon.webhook_auth import hmac_sha256_hex  # noqa: E402
-from reconciler.demo.tinymodel import make_tiny_model  # noqa: E402
-from reconciler.ports.processes import probe_engine, read_environ  # noqa: E402
-from tests.gitserver import HttpGitServer, Operator, free_port, isolated_git_env  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SECRET = "bench-webhook-secret"
 MARKERS = ("RECONCILER_MEMBER", "RECONCILER_SPEC_HASH", "RECONCILER_STATE_DIR",

@@ -21,11 +21,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from reconciler.daemon.webhook_auth import hmac_sha256_hex
+from testrigs.gitserver import HttpGitServer, Operator, free_port, isolated_git_env
 
-from reconciler.daemon.webhook_auth import hmac_sha256_hex  # noqa: E402
-from tests.gitserver import HttpGitServer, Operator, free_port, isolated_git_env  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SECRET = "bench-webhook-secret"
 CLUSTER = """\

@@ -1,7 +1,7 @@
 """Multi-node deployments: time from `git push` to a Ready replica, and memory per test host.
 
 Three network-namespace test hosts, each with its own daemon, fetching from `git daemon` on
-the test network (tests/system/multinode_cluster.py; needs root and ray in .venv-engine).
+the test network (testrigs/multinode_cluster.py; needs root and ray in .venv-engine).
 For a 2-node and a 3-node replica (pipeline parallel 2 / 3, one simulated GPU per node, the
 Ray test engine standing in for vLLM), each trial pushes the deployment, waits until the
 leader's /status says Ready with every member at the pushed hash, records the resident
@@ -23,17 +23,16 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.netns import netns_unavailable_reason  # noqa: E402
-from tests.system.multinode_cluster import (  # noqa: E402
+from testrigs.multinode_cluster import (
     MultiNodeCluster,
     cluster_yaml,
     deployment_yaml,
     ray_unavailable_reason,
     wait_for,
 )
+from testrigs.netns import netns_unavailable_reason
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def trial(mn: MultiNodeCluster, name: str, n: int, port: int) -> tuple[float, list[float]]:

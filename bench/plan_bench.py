@@ -11,16 +11,12 @@ import argparse
 import gc
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reconciler.core.plan import plan
 from reconciler.core.vocabulary import Inventory, ObservedState
 from reconciler.desired.state import DesiredState
-from tests.builders import cluster, ctx, deployment, desired, gpus, node
+from testrigs.builders import cluster, ctx, deployment, desired, gpus, node
 
 
 def make_state(n_nodes: int, n_deps: int) -> DesiredState:

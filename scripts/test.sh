@@ -16,7 +16,7 @@ fi
 export RECONCILER_ENGINE_PYTHON="${RECONCILER_ENGINE_PYTHON:-$PWD/.venv-engine/bin/python}"
 
 echo "[test] ruff" >&2
-.venv/bin/ruff check reconciler schemas tests bench
+.venv/bin/ruff check reconciler schemas testrigs tests bench
 echo "[test] layer contract (import-linter)" >&2
 .venv/bin/lint-imports --no-cache
 echo "[test] mypy --strict" >&2

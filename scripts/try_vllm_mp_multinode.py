@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from reconciler.demo.tinymodel import make_tiny_model  # noqa: E402
-from tests.netns import NetnsHarness  # noqa: E402
+from reconciler.demo.tinymodel import make_tiny_model
+from testrigs.netns import NetnsHarness
 
 PROBE = r"""
 import sys, urllib.request

@@ -1,6 +1,6 @@
 """Shared pytest fixtures.
 
-Git servers on loopback (see tests/gitserver.py): `git_server` is parametrized over
+Git servers on loopback (see testrigs/gitserver.py): `git_server` is parametrized over
 git smart HTTP and `git daemon`; `operator` pushes to a fresh repo on it;
 `git_server_factory` starts private servers that a test may stop and restart.
 """
@@ -16,7 +16,7 @@ import pytest
 pytest_plugins = ["tests.system.conftest_netns"]
 
 try:
-    from tests.gitserver import (
+    from testrigs.gitserver import (
         GitDaemonServer,
         GitServer,
         HttpGitServer,

@@ -28,7 +28,7 @@ from reconciler.testing.git_source import FakeGitSource
 from reconciler.testing.gpus import FakeGpuPort
 from reconciler.testing.processes import FakeProcessPort
 from schemas.nodeconfig import NodeConfig
-from tests.gitserver import free_port
+from testrigs.gitserver import free_port
 
 SECRET = "s3cr3t-webhook-value-1234"
 

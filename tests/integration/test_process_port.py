@@ -32,7 +32,7 @@ from reconciler.ports.processes import (
 from reconciler.testing.processes import FakeProcessPort
 
 ROOT = Path(__file__).resolve().parents[2]
-FAKE_SERVER = ROOT / "tests" / "engines" / "fake_openai_server.py"
+FAKE_SERVER = ROOT / "testrigs" / "engines" / "fake_openai_server.py"
 ENGINE = MemberKey(ReplicaKey("tiny", 0), "engine")
 
 

@@ -22,7 +22,7 @@ from reconciler.testing.git_source import FakeGitSource
 from reconciler.testing.gpus import FakeGpuPort
 from reconciler.testing.processes import FakeProcessPort
 from schemas.nodeconfig import NodeConfig
-from tests.system.rig import Findings
+from testrigs.daemon_rig import Findings
 
 CHAT = MemberKey(ReplicaKey("chat", 0), "engine")
 CLUSTER = """\

@@ -1,4 +1,4 @@
-"""Fixtures for the reliability and security suites (see tests/system/rig.py)."""
+"""Fixtures for the reliability and security suites (see testrigs/daemon_rig.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.gitserver import GitServer, HttpGitServer, Operator
-from tests.system.rig import TOKEN, Findings, Rig
+from testrigs.daemon_rig import TOKEN, Findings, Rig
+from testrigs.gitserver import GitServer, HttpGitServer, Operator
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 Wire it with ``pytest_plugins = ["tests.system.conftest_netns"]`` in the root conftest (the
 repository root must be importable, e.g. ``pythonpath = ["."]`` in the pytest options).
 
-``test_hosts`` yields a set-up :class:`tests.netns.NetnsHarness` with 3 hosts; ask for another
+``test_hosts`` yields a set-up :class:`testrigs.netns.NetnsHarness` with 3 hosts; ask for another
 count with indirect parametrization::
 
     @pytest.mark.parametrize("test_hosts", [2], indirect=True)
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.netns import NetnsHarness, netns_unavailable_reason
+from testrigs.netns import NetnsHarness, netns_unavailable_reason
 
 _DEFAULT_HOSTS = 3
 

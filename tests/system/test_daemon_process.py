@@ -1,5 +1,5 @@
 """The daemon as a real process: `python -m reconciler run --config ...` against a real git
-server on loopback, simulated GPUs and a trivial engine (tests/engines/daemon_test_engine.py).
+server on loopback, simulated GPUs and a trivial engine (testrigs/engines/daemon_test_engine.py).
 
 Checks sd_notify on a real unix datagram socket (READY, STATUS, WATCHDOG), the watchdog
 going quiet while the loop is wedged (RECONCILER_TEST_WEDGE_FILE, a test-only hook),
@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from reconciler.daemon.webhook_auth import hmac_sha256_hex
-from tests.gitserver import GitServer, Operator, free_port
+from testrigs.gitserver import GitServer, Operator, free_port
 
 pytestmark = pytest.mark.system
 
@@ -170,7 +170,7 @@ def setup(tmp_path: Path, git_server_factory: Callable[..., GitServer],
         "listen": {"address": "127.0.0.1", "port": status_port},
         "webhook": {"secretFile": str(tmp_path / "webhook")},
         "engine": {"python": sys.executable,
-                   "apiServerModule": "tests.engines.daemon_test_engine",
+                   "apiServerModule": "testrigs.engines.daemon_test_engine",
                    "stopGracePeriodSeconds": 2,
                    "env": {"PYTHONPATH": str(REPO)}},
         "simulateGpus": {"count": 1},

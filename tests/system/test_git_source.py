@@ -23,7 +23,7 @@ from reconciler.ports.git_source import (
 from reconciler.testing.git_source import FakeGitSource
 
 try:
-    from tests.gitserver import (
+    from testrigs.gitserver import (
         GitServer,
         HttpGitServer,
         Operator,

@@ -1,6 +1,6 @@
 """executor mp across two test hosts: vLLM's own multi-node mode (--nnodes), no Ray.
 
-Two network-namespace hosts (tests/system/multinode_cluster.py), each running a daemon;
+Two network-namespace hosts (testrigs/multinode_cluster.py), each running a daemon;
 the tiny random-weight Llama (reconciler.demo.tinymodel) on the shared file system; tensor
 parallel 2 across the hosts with the vLLM CPU build, run through the version shim
 reconciler/engine_shims/vllm_cli.py (`engine.cliArgv`). The leader's daemon starts its
@@ -26,8 +26,7 @@ from typing import Any
 import pytest
 
 from reconciler.demo.tinymodel import make_tiny_model
-from tests.netns import netns_unavailable_reason
-from tests.system.multinode_cluster import (
+from testrigs.multinode_cluster import (
     REPO,
     MultiNodeCluster,
     cluster_yaml,
@@ -35,6 +34,7 @@ from tests.system.multinode_cluster import (
     in_netns,
     wait_for,
 )
+from testrigs.netns import netns_unavailable_reason
 
 pytestmark = [pytest.mark.system, pytest.mark.netns, pytest.mark.vllm]
 

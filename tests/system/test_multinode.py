@@ -4,7 +4,7 @@ Three network-namespace test hosts (h1..h3, one simulated GPU each) each run the
 daemon process (``python -m reconciler run``, own state dir) reading the same repository
 from ``git daemon`` on a fourth namespace of the test network (tests/system/
 multinode_cluster.py). Deployment ``mn-a`` is a 2-node replica (pipeline parallel 2, pinned to
-h1 and h2): a Ray head + the Ray test engine (tests/engines/ray_test_engine.py, standing in
+h1 and h2): a Ray head + the Ray test engine (testrigs/engines/ray_test_engine.py, standing in
 for ``vllm serve --distributed-executor-backend ray``) on the leader, a Ray worker on the
 follower. ``mn-b`` is a single-node replica on h3 that must never be disturbed.
 
@@ -34,8 +34,7 @@ from typing import Any
 
 import pytest
 
-from tests.netns import NetnsHost, netns_unavailable_reason
-from tests.system.multinode_cluster import (
+from testrigs.multinode_cluster import (
     REPO,
     MultiNodeCluster,
     cluster_yaml,
@@ -43,6 +42,7 @@ from tests.system.multinode_cluster import (
     ray_unavailable_reason,
     wait_for,
 )
+from testrigs.netns import NetnsHost, netns_unavailable_reason
 
 pytestmark = [pytest.mark.system, pytest.mark.netns, pytest.mark.ray]
 

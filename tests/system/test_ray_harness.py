@@ -2,7 +2,7 @@
 
 Forms a 2-node cluster (head + one follower, one logical GPU each, every port pinned by
 ``reconciler.core.ray_argv``), reads it back with ``reconciler.ports.ray_nodes``, runs
-``tests/engines/ray_test_engine.py`` with world size 2 (SPREAD) across both nodes, then kills
+``testrigs/engines/ray_test_engine.py`` with world size 2 (SPREAD) across both nodes, then kills
 the follower's ``ray start --block`` process group and expects the engine's /health to go
 503 and the engine to exit non-zero, and the head to mark the follower DEAD.
 
@@ -35,12 +35,12 @@ from reconciler.core.ray_argv import (
     ray_worker_argv,
 )
 from reconciler.ports.ray_nodes import RayClusterView, SubprocessRayPort
-from tests.netns import NetnsHarness, NetnsHost
+from testrigs.netns import NetnsHarness, NetnsHost
 
 pytestmark = [pytest.mark.system, pytest.mark.netns, pytest.mark.ray, pytest.mark.timeout(150)]
 
 REPO = Path(__file__).resolve().parents[2]
-ENGINE = REPO / "tests" / "engines" / "ray_test_engine.py"
+ENGINE = REPO / "testrigs" / "engines" / "ray_test_engine.py"
 ENGINE_PORT = 8000
 LABELS = {"gitops-replica": "demo-0", "gitops-spec-hash": "0123abcd"}
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.system.rig import Findings, Rig, pid_alive, vm_hwm_kib, wait_until
+from testrigs.daemon_rig import Findings, Rig, pid_alive, vm_hwm_kib, wait_until
 
 pytestmark = pytest.mark.system
 

@@ -22,7 +22,7 @@ import pytest
 from reconciler.core.errors import InvalidDesiredState
 from reconciler.daemon.webhook_auth import hmac_sha256_hex
 from reconciler.desired.loader import load_directory
-from tests.system.rig import (
+from testrigs.daemon_rig import (
     REPO,
     SECRET,
     TOKEN,

@@ -35,7 +35,7 @@ import pytest
 
 from reconciler.demo.tinymodel import make_tiny_model
 from reconciler.ports.processes import read_environ
-from tests.gitserver import HttpGitServer, Operator, free_port, isolated_git_env
+from testrigs.gitserver import HttpGitServer, Operator, free_port, isolated_git_env
 
 pytestmark = [pytest.mark.system, pytest.mark.vllm]
 

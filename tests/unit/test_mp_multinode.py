@@ -8,7 +8,7 @@ from reconciler.core.spec_hash import spec_hash
 from reconciler.core.topology import ReplicaShape, replica_shape
 from reconciler.core.vocabulary import Inventory, PeerReplica, ReplicaKey, Start, Stop
 from reconciler.ports.peers import peer_replicas
-from tests.builders import cluster, ctx, deployment, desired, gpus, node, observed, proc
+from testrigs.builders import cluster, ctx, deployment, desired, gpus, node, observed, proc
 
 EMPTY = Inventory()
 KEY = ReplicaKey("r1", 0)

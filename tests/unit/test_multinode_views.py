@@ -12,7 +12,7 @@ from reconciler.core.spec_hash import spec_hash
 from reconciler.core.vocabulary import Inventory, PeerReplica, RayView, ReplicaKey, Stop
 from reconciler.ports.peers import peer_replicas
 from reconciler.ports.ray_nodes import RayClusterView, RayNode, replica_view
-from tests.builders import cluster, ctx, deployment, desired, gpus, node, observed, proc
+from testrigs.builders import cluster, ctx, deployment, desired, gpus, node, observed, proc
 
 EMPTY = Inventory()
 KEY = ReplicaKey("r1", 0)

@@ -16,7 +16,7 @@ from reconciler.core.vocabulary import (
     Start,
     Stop,
 )
-from tests.builders import cluster, ctx, deployment, desired, gpus, node, observed, proc
+from testrigs.builders import cluster, ctx, deployment, desired, gpus, node, observed, proc
 
 EMPTY = Inventory()
 

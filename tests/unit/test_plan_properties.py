@@ -20,7 +20,7 @@ from reconciler.core.vocabulary import (
     Start,
 )
 from reconciler.desired.state import DesiredState
-from tests.builders import cluster, ctx, deployment, desired, gpus, node
+from testrigs.builders import cluster, ctx, deployment, desired, gpus, node
 
 SETTINGS = settings(max_examples=120, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

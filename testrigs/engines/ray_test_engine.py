@@ -3,13 +3,13 @@
 vLLM on the CPU has no Ray executor, so system tests run this instead, with the engine
 environment's python (it imports ray; the daemon does not)::
 
-    RAY_ADDRESS=198.18.0.11:21000 python tests/engines/ray_test_engine.py \
+    RAY_ADDRESS=198.18.0.11:21000 python testrigs/engines/ray_test_engine.py \
         --world-size 2 --strategy SPREAD --host 198.18.0.11 --port 8000 \
         --served-model-name tiny
 
 It also takes the command line the daemon builds for vLLM (``engine.apiServerModule:
-tests.engines.ray_test_engine`` in a node config, run as ``python -m
-tests.engines.ray_test_engine`` with the repository on ``PYTHONPATH`` through the node
+testrigs.engines.ray_test_engine`` in a node config, run as ``python -m
+testrigs.engines.ray_test_engine`` with the repository on ``PYTHONPATH`` through the node
 config's ``engine.env``): ``--model``, ``--served-model-name``, ``--host``, ``--port``,
 ``--tensor-parallel-size``, ``--pipeline-parallel-size``, ``--distributed-executor-backend``
 (must be ``ray``), ``--max-model-len``, ``--dtype``, ``--gpu-memory-utilization``; other

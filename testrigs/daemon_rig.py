@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.ports.processes import read_environ
-from tests.gitserver import HttpGitServer, Operator, free_port
+from testrigs.gitserver import HttpGitServer, Operator, free_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 TOKEN = "tok-5e1f2a9c7b3d-never-logged"
 SECRET = "hook-8c6b4a2e0f1d-never-logged"
 RESULTS_ENV = "RECONCILER_RELIABILITY_RESULTS"
@@ -357,7 +357,7 @@ class Rig:
             "listen": {"address": "127.0.0.1", "port": self.status_port},
             "webhook": {"secretFile": str(tmp / "webhook")},
             "engine": {"python": sys.executable,
-                       "apiServerModule": "tests.engines.daemon_test_engine",
+                       "apiServerModule": "testrigs.engines.daemon_test_engine",
                        "stopGracePeriodSeconds": 1,
                        "unhealthyGracePeriodSeconds": 2,
                        "env": {"PYTHONPATH": str(REPO)}},

@@ -8,7 +8,7 @@ daemon fetches the same repository over the test network. The operator commits i
 working clone and pushes to the bare repository by path (from the root namespace, which
 cannot reach the bridge), which is the repository that ``git daemon`` serves.
 
-Engines are ``tests.engines.ray_test_engine`` (vLLM on the CPU has no Ray executor) run with
+Engines are ``testrigs.engines.ray_test_engine`` (vLLM on the CPU has no Ray executor) run with
 the engine environment's python; Ray nodes are real ``ray start`` processes. Ray is tuned
 through the node config's ``engine.env`` to notice deaths fast (docs/ray-notes.md).
 
@@ -33,10 +33,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.gitserver import Operator, git, isolated_git_env
-from tests.netns import NetnsHarness, NetnsHost
+from testrigs.gitserver import Operator, git, isolated_git_env
+from testrigs.netns import NetnsHarness, NetnsHost
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 STATUS_PORT = 9400
 GIT_PORT = 9418
 MARKER = "RECONCILER_MEMBER"
@@ -229,7 +229,7 @@ class MultiNodeCluster:
                 "listen": {"address": h.ip, "port": STATUS_PORT},
                 "engine": {
                     "python": str(py),
-                    "apiServerModule": "tests.engines.ray_test_engine",
+                    "apiServerModule": "testrigs.engines.ray_test_engine",
                     "stopGracePeriodSeconds": 3,
                     "env": {
                         "PYTHONPATH": str(REPO),

@@ -1,0 +1,1 @@
+"""Stand-in engines run as real processes by tests and benchmarks."""
