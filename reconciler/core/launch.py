@@ -219,6 +219,7 @@ def engine_launch(
         gpus=gpus,
         startup_timeout_s=startup_timeout(cluster, dep),
         served_name="" if headless else spec.model.served_name,
+        host=None if headless else node.address,
         probe_timeout_s=spec.probes.timeout_seconds,
         probe_period_s=spec.probes.period_seconds,
     )
@@ -288,4 +289,5 @@ def ray_launch(
         port=ports.gcs if is_head else ports.node_manager,
         gpus=gpus,
         startup_timeout_s=min(600.0, startup_timeout(cluster, dep)),
+        host=node.address,
     )

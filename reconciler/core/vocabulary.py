@@ -219,7 +219,8 @@ class LaunchSpec:
     port: int  # the port it must bind (engine HTTP port, or Ray GCS port)
     gpus: tuple[int, ...]
     startup_timeout_s: float
-    served_name: str = ""
+    served_name: str = ""  # the name the engine's /v1/models must list ("" for Ray nodes)
+    host: str | None = None  # the address it binds (--host, --node-ip-address); None: all
     probe_timeout_s: float = 2.0
     probe_period_s: float = 5.0  # between health probes once ready (1 s while starting)
 

@@ -70,6 +70,7 @@ def fake_launch(
         gpus=(0,),
         startup_timeout_s=30.0,
         served_name=served_name,
+        host="127.0.0.1",
         probe_timeout_s=0.3,
     )
 

@@ -86,6 +86,7 @@ def vllm_launch(model: Path, member: MemberKey, spec_hash: str) -> LaunchSpec:
         gpus=(),
         startup_timeout_s=READY_BUDGET_S,
         served_name=SERVED,
+        host="127.0.0.1",
         probe_timeout_s=2.0,
     )
 
