@@ -43,8 +43,22 @@ RESERVED_ENV = frozenset(
         "PYTHONPATH",
         "HOME",
         "CUDA_DEVICE_ORDER",
+        "NCCL_IB_HCA",
+        "RAY_USAGE_STATS_ENABLED",
     }
 )
+# What to set instead of a reserved name, so the refusal says how to get the effect.
+RESERVED_ENV_HINTS = {
+    "CUDA_VISIBLE_DEVICES": "GPUs are assigned per replica; size it with spec.parallelism",
+    "RAY_ADDRESS": "each multi-node replica gets its own Ray cluster from placement",
+    "VLLM_HOST_IP": "set the node's address in the Cluster document",
+    "VLLM_PORT": "set spec.port",
+    "NCCL_SOCKET_IFNAME": "set spec.network.ncclSocketIfname in the Cluster document",
+    "GLOO_SOCKET_IFNAME": "set spec.network.glooSocketIfname in the Cluster document",
+    "NCCL_IB_HCA": "set spec.network.ncclIbHca in the Cluster document",
+    "PATH": "set the engine executables in the node config",
+    "PYTHONPATH": "install into the engine's virtual environment instead",
+}
 # The daemon's own markers (RECONCILER_MEMBER, RECONCILER_SPEC_HASH, RECONCILER_STATE_DIR,
 # RECONCILER_PORT) say which process is whose; git must not be able to forge them.
 RESERVED_ENV_PREFIXES = ("RECONCILER_",)
@@ -100,7 +114,8 @@ def _env_name(key: str) -> str:
     if not _ENV_NAME_RE.match(key):
         raise ValueError(f"{key!r} is not a valid environment variable name")
     if key in RESERVED_ENV or key.startswith(RESERVED_ENV_PREFIXES):
-        raise ValueError(f"{key} is set by the daemon and may not be overridden")
+        hint = RESERVED_ENV_HINTS.get(key, "remove it")
+        raise ValueError(f"{key} is set by the daemon and may not be overridden; {hint}")
     return key
 
 
@@ -166,6 +181,12 @@ class Node(Strict):
     labels: dict[str, str] = Field(default_factory=dict)
     gpus: GpuDeclaration
     status_port: Port = Field(default=9400, description="the daemon's HTTP listener")
+    cordon: bool = Field(
+        default=False, description="no new replicas here; replicas locked here stay"
+    )
+    drain: bool = Field(
+        default=False, description="no replicas at all here: what runs here is re-placed"
+    )
 
     @field_validator("address")
     @classmethod
@@ -233,6 +254,9 @@ class ModelArchitecture(Strict):
     num_layers: int = Field(gt=0)
     num_kv_heads: int = Field(gt=0)
     head_dim: int = Field(gt=0)
+    num_attention_heads: int | None = Field(
+        default=None, gt=0, description="query heads; tensor parallel must divide them"
+    )
     # MLA models (DeepSeek V3/R1) cache one compressed latent per token and layer instead
     # of K and V per head: kv bytes/token/layer = kvLoraRank + qkRopeHeadDim.
     kv_lora_rank: int | None = Field(default=None, gt=0)
@@ -320,6 +344,21 @@ class Rollout(Strict):
     max_unavailable: int = Field(default=1, ge=1, description="replicas replaced at once")
 
 
+class FitPolicy(Strict):
+    """An operator's word against the fit estimate, with the reason shown in validate."""
+
+    override: bool = Field(
+        default=False, description="start even when the fit estimate says it does not fit"
+    )
+    reason: str = Field(default="", max_length=300)
+
+    @model_validator(mode="after")
+    def _reasoned(self) -> FitPolicy:
+        if self.override and not self.reason.strip():
+            raise ValueError("an override needs a reason (say what you measured)")
+        return self
+
+
 class ModelDeploymentSpec(Strict):
     model: ModelSource
     replicas: int = Field(default=1, ge=0, le=1024)
@@ -331,6 +370,7 @@ class ModelDeploymentSpec(Strict):
     probes: Probes = Field(default_factory=Probes)
     rollout: Rollout = Field(default_factory=Rollout)
     suspend: bool = False
+    fit: FitPolicy = Field(default_factory=FitPolicy)
 
 
 class ModelDeployment(Strict):
@@ -338,6 +378,32 @@ class ModelDeployment(Strict):
     kind: Literal["ModelDeployment"]
     metadata: Metadata
     spec: ModelDeploymentSpec
+
+
+class LockedReplica(Strict):
+    nodes: list[Name] = Field(min_length=1, description="leader first")
+    ray_block: int | None = Field(default=None, ge=0)
+
+
+LOCK_FILE = "placement.lock.yaml"
+
+
+class PlacementLock(Strict):
+    """Where each replica runs, written by `reconciler lock` and committed beside the
+    Cluster document: daemons keep a locked replica there while that stays valid."""
+
+    api_version: Literal["reconciler.dev/v1alpha1"]
+    kind: Literal["PlacementLock"]
+    replicas: dict[str, LockedReplica] = Field(default_factory=dict)
+
+    @field_validator("replicas")
+    @classmethod
+    def _keys(cls, value: dict[str, LockedReplica]) -> dict[str, LockedReplica]:
+        for key in value:
+            name, _, index = key.rpartition("/")
+            if not _NAME_RE.match(name) or not index.isdigit():
+                raise ValueError(f"{key!r} is not a replica key (<deployment>/<index>)")
+        return value
 
 
 KINDS: dict[str, type[Cluster] | type[ModelDeployment]] = {

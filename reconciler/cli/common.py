@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from reconciler.core.errors import InvalidDesiredState, Problem
-from reconciler.desired.loader import load_directory
 from reconciler.desired.state import DesiredState
+from reconciler.desired.validation import validate_revision
 
 EXIT_OK = 0
 EXIT_CHANGES = 1
@@ -40,7 +40,7 @@ def print_problems(problems: Sequence[Problem]) -> None:
 
 def load_or_report(path: Path) -> DesiredState | None:
     try:
-        return load_directory(path)
+        return validate_revision(path)
     except InvalidDesiredState as exc:
         print_problems(exc.problems)
         return None

@@ -15,42 +15,28 @@ from reconciler.cli.common import (
     cluster_roots,
     print_problems,
 )
-from reconciler.core.errors import InvalidDesiredState, Problem
-from reconciler.desired.fit import check_fit, format_table
-from reconciler.desired.loader import load_directory
+from reconciler.desired.fit import format_table
+from reconciler.desired.validation import check_revision
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     status = EXIT_OK
     reports = []
     for root in cluster_roots(Path(args.path)):
-        try:
-            state = load_directory(root)
-        except InvalidDesiredState as exc:
-            print_problems(exc.problems)
-            print(f"{root}: INVALID, {len(exc.problems)} problem(s)", file=sys.stderr)
-            reports.append(
-                {"path": str(root), "valid": False, "problems": [p.__dict__ for p in exc.problems]}
-            )
-            status = EXIT_INVALID
-            continue
-        rows = check_fit(state)
-        failing = [r for r in rows if r.fails]
-        fit_problems = []
-        for r in failing:
-            file, line = state.sources.get(r.deployment, (str(root), 1))
-            fit_problems.append(Problem(file, line, 1, "spec", f"does not fit: {r.detail}"))
+        verdict = check_revision(root)
+        rows = list(verdict.fit)
         if args.format == "json":
             reports.append(
                 {
                     "path": str(root),
-                    "valid": not failing,
-                    "cluster": state.cluster.metadata.name,
+                    "valid": verdict.valid,
+                    "cluster": verdict.loaded.cluster.metadata.name if verdict.loaded else None,
                     "fit": [r.__dict__ for r in rows],
-                    "problems": [p.__dict__ for p in fit_problems],
+                    "problems": [p.__dict__ for p in verdict.problems],
                 }
             )
-        else:
+        elif verdict.loaded is not None:
+            state = verdict.loaded
             print(
                 f"{root}: cluster {state.cluster.metadata.name!r}, "
                 f"{len(state.cluster.spec.nodes)} node(s), "
@@ -59,8 +45,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             if rows:
                 print(format_table(rows))
             print()
-        if failing:
-            print_problems(fit_problems)
+        if not verdict.valid:
+            print_problems(verdict.problems)
+            print(f"{root}: INVALID, {len(verdict.problems)} problem(s)", file=sys.stderr)
             status = EXIT_INVALID
     if args.format == "json":
         print(json.dumps(reports, indent=2))

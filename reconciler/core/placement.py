@@ -10,6 +10,13 @@ first nodes with room, so adding, removing or resizing other deployments moves a
 only when it loses a contest for capacity. To pin a replica for good, name its nodes
 in `placement.nodes`.
 
+The placement lock (DESIGN.md section 4) adds the one history every node shares, git: a
+replica recorded in the revision's lock file stays on its locked nodes while they exist,
+are not drained, still match the deployment and have the capacity; the rest are placed
+by the rule above around them. A stale or missing lock only means less stickiness, never
+disagreement: it is part of the revision. Cordoned nodes take no new replicas (locked
+ones stay); drained nodes take none at all.
+
 Order of placement: explicitly pinned deployments, then larger replicas first (less
 fragmentation), then by name. Cost: O(log n) per replica to find its start, then a walk
 that stops at the first node with room; a per-pool histogram of free GPUs answers
@@ -20,13 +27,22 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
-from reconciler.core.topology import ReplicaShape, replica_port, replica_shape
+from reconciler.core.topology import ReplicaShape, candidate_nodes, replica_port, replica_shape
 from reconciler.core.vocabulary import Desired, Placement, ReplicaKey, ReplicaPlacement
 from schemas.v1alpha1 import ModelDeployment, Node
 
 MAX_GPUS = 64  # per node, as the schema allows
+
+
+@dataclass(frozen=True)
+class LockedPlacement:
+    """One replica's entry in the placement lock: its nodes (leader first), Ray block."""
+
+    nodes: tuple[str, ...]
+    ray_block: int | None = None
 
 
 def _hash(*parts: str) -> int:
@@ -77,6 +93,12 @@ class _Placer:
         self.state = state
         self.nodes = {n.name: n for n in state.cluster.spec.nodes}
         self.free = {n.name: n.gpus.count for n in state.cluster.spec.nodes}
+        # cordoned and drained nodes take no new replica: they are in no pool
+        self.closed = {
+            n.name: ("drained" if n.drain else "cordoned")
+            for n in state.cluster.spec.nodes
+            if n.cordon or n.drain
+        }
         self.pools: dict[tuple[str, ...], _Pool] = {}
         self.rules: dict[tuple[str, ...], _Pool] = {}
         self.pools_of: dict[str, list[_Pool]] = {name: [] for name in self.nodes}
@@ -98,15 +120,7 @@ class _Placer:
         cached = self.rules.get(rule)
         if cached is not None:
             return cached
-        if placement.nodes is not None:
-            wanted = set(placement.nodes)
-            names = [n for n in self.nodes if n in wanted]
-        elif placement.node_selector:
-            sets = [self.by_label.get(item, set()) for item in placement.node_selector.items()]
-            common = set.intersection(*sets) if sets else set()
-            names = [n for n in self.nodes if n in common]
-        else:
-            names = list(self.nodes)
+        names = [n for n in self.matching(dep) if n not in self.closed]
         key = tuple(names)
         pool = self.pools.get(key)
         if pool is None:
@@ -116,6 +130,30 @@ class _Placer:
                 self.pools_of[n].append(pool)
         self.rules[rule] = pool
         return pool
+
+    def matching(self, dep: ModelDeployment) -> list[str]:
+        """Every node the deployment's placement rule matches, open or not."""
+        placement = dep.spec.placement
+        if placement.nodes is not None:
+            wanted = set(placement.nodes)
+            return [n for n in self.nodes if n in wanted]
+        if placement.node_selector:
+            sets = [self.by_label.get(item, set()) for item in placement.node_selector.items()]
+            common = set.intersection(*sets) if sets else set()
+            return [n for n in self.nodes if n in common]
+        return list(self.nodes)
+
+    def closed_note(self, dep: ModelDeployment) -> str:
+        """'; 3 of 4 matching nodes are open (a800-3 drained)', or '' when none is closed."""
+        matching = self.matching(dep)
+        closed = [f"{n} {self.closed[n]}" for n in matching if n in self.closed]
+        if not closed:
+            return ""
+        open_count = len(matching) - len(closed)
+        return (
+            f"; {open_count} of {len(matching)} matching nodes take replicas "
+            f"({', '.join(closed)})"
+        )
 
     def take(self, node: str, gpus: int) -> None:
         old = self.free[node]
@@ -138,6 +176,19 @@ def place(state: Desired) -> Placement:
     used_blocks: set[int] = set()
     placed: dict[ReplicaKey, ReplicaPlacement] = {}
     unschedulable: dict[ReplicaKey, str] = {}
+    lock: Mapping[ReplicaKey, LockedPlacement] = getattr(state, "placement_lock", None) or {}
+    held_by: dict[str, set[str]] = {}  # deployment -> nodes its locked replicas hold
+    for key in sorted(lock):
+        kept = _keep_locked(placer, state, key, lock[key], ray_blocks, used_blocks)
+        if kept is None:
+            continue
+        placed[key] = kept
+        held_by.setdefault(key.deployment, set()).update(kept.nodes)
+        if kept.ray_block is not None:
+            used_blocks.add(kept.ray_block)
+        for node in kept.nodes:
+            if kept.gpus_per_node:
+                placer.take(node, kept.gpus_per_node)
 
     items = []
     for name, dep in state.deployments.items():
@@ -147,15 +198,17 @@ def place(state: Desired) -> Placement:
         items.append((name, dep, pool.shape(state, dep)))
     for name, dep, shape in sorted(items, key=_sort_key):
         pool = placer.pool(dep)
-        holding: set[str] = set()
+        holding: set[str] = set(held_by.get(name, ()))
         for index in range(dep.spec.replicas):
             key = ReplicaKey(name, index)
+            if key in placed:
+                continue  # kept where the lock says
             if isinstance(shape, str):
-                unschedulable[key] = f"unschedulable: {shape}"
+                unschedulable[key] = f"unschedulable: {shape}{placer.closed_note(dep)}"
                 continue
             chosen = _choose(placer, pool, shape, str(key), holding)
             if isinstance(chosen, str):
-                unschedulable[key] = chosen
+                unschedulable[key] = chosen + placer.closed_note(dep)
                 continue
             block = None
             if len(chosen) > 1:
@@ -179,6 +232,54 @@ def place(state: Desired) -> Placement:
     # plain tuple (dataclass ordering is slow at this size)
     ordered = sorted(placed.items(), key=lambda kv: (kv[0].deployment, kv[0].index))
     return Placement(replicas=dict(ordered), unschedulable=unschedulable)
+
+
+def _keep_locked(
+    placer: _Placer,
+    state: Desired,
+    key: ReplicaKey,
+    entry: LockedPlacement,
+    ray_blocks: int,
+    used_blocks: set[int],
+) -> ReplicaPlacement | None:
+    """The locked placement of a replica if it is still valid, else None (re-placed)."""
+    dep = state.deployments.get(key.deployment)
+    if dep is None or dep.spec.suspend or key.index >= dep.spec.replicas:
+        return None
+    nodes = entry.nodes
+    if not nodes or len(set(nodes)) != len(nodes):
+        return None
+    if any(n not in placer.nodes or placer.closed.get(n) == "drained" for n in nodes):
+        return None
+    usable = [
+        n for n in candidate_nodes(state.cluster, dep) if placer.closed.get(n.name) != "drained"
+    ]
+    if not {n.name for n in usable} >= set(nodes):
+        return None
+    shape = replica_shape(state.cluster, dep, usable)
+    if isinstance(shape, str) or shape.nodes != len(nodes):
+        return None
+    if any(placer.free[n] < shape.gpus_per_node for n in nodes):
+        return None
+    block = None
+    if len(nodes) > 1:
+        if (
+            entry.ray_block is not None
+            and entry.ray_block < ray_blocks
+            and entry.ray_block not in used_blocks
+        ):
+            block = entry.ray_block
+        else:
+            block = _ray_block(str(key), ray_blocks, used_blocks)
+            if block is None:
+                return None
+    return ReplicaPlacement(
+        key=key,
+        nodes=nodes,
+        gpus_per_node=shape.gpus_per_node,
+        port=replica_port(dep, key.index),
+        ray_block=block,
+    )
 
 
 def _choose(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from reconciler.core.errors import Problem
 from reconciler.core.topology import ReplicaShape, candidate_nodes, port_block, replica_shape
+from reconciler.desired.checks import more_checks
 from reconciler.desired.yaml_positions import Document
 from schemas.v1alpha1 import Cluster, ModelDeployment
 
@@ -59,6 +60,7 @@ def cross_check(
 
     multi_node_replicas = 0
     claimed: list[tuple[range, set[str], str, Document]] = []
+    claimants: dict[int, list[int]] = {}  # port -> indices into `claimed`
     for doc, dep in deployments:
         dspec = dep.spec
         placement = dspec.placement
@@ -90,7 +92,10 @@ def cross_check(
                 )
             )
         cand_names = {n.name for n in candidates}
-        for other_block, other_nodes, other_name, _ in claimed:
+        # only the earlier deployments that claim one of these ports, in claim order (a
+        # scan of all of them was quadratic in deployments)
+        rivals = sorted({i for port in block for i in claimants.get(port, ())})
+        for other_block, other_nodes, other_name, _ in (claimed[i] for i in rivals):
             overlap = set(block) & set(other_block)
             if overlap and cand_names & other_nodes:
                 problems.append(
@@ -100,11 +105,13 @@ def cross_check(
                         f"node(s) {', '.join(sorted(cand_names & other_nodes))}",
                     )
                 )
+        for port in block:
+            claimants.setdefault(port, []).append(len(claimed))
         claimed.append((block, cand_names, dep.metadata.name, doc))
 
         if not candidates:
             continue
-        shape = replica_shape(cluster, dep)
+        shape = replica_shape(cluster, dep, candidates)
         if isinstance(shape, str):
             problems.append(doc.problem(("spec", "parallelism"), shape))
             continue
@@ -120,6 +127,7 @@ def cross_check(
                 f"range holds {blocks} of {spec.ports.ray_block_size}",
             )
         )
+    problems.extend(more_checks(cluster_doc, cluster, deployments))
     return problems
 
 

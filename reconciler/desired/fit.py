@@ -10,10 +10,11 @@ this machine, else from the architecture declared in the deployment.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from reconciler.core.printable import escape_controls
 from reconciler.core.topology import candidate_nodes, replica_shape
 from reconciler.desired.state import DesiredState
 from schemas.v1alpha1 import ModelDeployment
@@ -135,7 +136,21 @@ def check_fit(state: DesiredState) -> list[FitRow]:
 
 
 def check_deployment(state: DesiredState, name: str, dep: ModelDeployment) -> FitRow:
-    shape = replica_shape(state.cluster, dep)
+    """The estimate, unless the deployment overrides it (spec.fit.override + reason)."""
+    row = estimate_deployment(state, name, dep)
+    policy = dep.spec.fit
+    if not policy.override:
+        return row
+    return replace(
+        row,
+        verdict="overridden",
+        detail=f"estimate says {row.verdict}: {row.detail}; overridden: {policy.reason}",
+    )
+
+
+def estimate_deployment(state: DesiredState, name: str, dep: ModelDeployment) -> FitRow:
+    nodes = candidate_nodes(state.cluster, dep)
+    shape = replica_shape(state.cluster, dep, nodes)
     if isinstance(shape, str):
         return FitRow(name, 0, 0, None, None, None, "unknown", shape)
     facts = model_facts(dep)
@@ -170,7 +185,6 @@ def check_deployment(state: DesiredState, name: str, dep: ModelDeployment) -> Fi
     util = (
         engine.gpu_memory_utilization or state.cluster.spec.engine_defaults.gpu_memory_utilization
     )
-    nodes = candidate_nodes(state.cluster, dep)
     eligible = [n for n in nodes if n.gpus.count >= shape.gpus_per_node]
     mem = min(n.gpus.memory_gib for n in eligible) if eligible else 0.0
     budget = shape.gpus * mem * util
@@ -223,5 +237,5 @@ def format_table(rows: list[FitRow]) -> str:
     ]
     for r in rows:
         if r.verdict != "fits":
-            lines.append(f"  {r.deployment}: {r.detail}")
+            lines.append(f"  {r.deployment}: {escape_controls(r.detail)}")
     return "\n".join(lines)

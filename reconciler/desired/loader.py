@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from reconciler.core.errors import InvalidDesiredState, Problem
 from reconciler.desired.state import DesiredState
 from reconciler.desired.yaml_positions import Document, FieldPath, read_documents
-from schemas.v1alpha1 import API_VERSION, KINDS, Cluster, ModelDeployment
+from schemas.v1alpha1 import API_VERSION, KINDS, LOCK_FILE, Cluster, ModelDeployment
 
 SKIP_DIRS = {".git", ".github", ".gitea", ".forgejo", "node_modules"}
 MAX_FILES = 2000
@@ -29,7 +29,13 @@ def yaml_files(root: Path) -> list[Path]:
         rel = path.relative_to(root).parts
         if any(part in SKIP_DIRS or part.startswith(".") for part in rel[:-1]):
             continue
-        if path.suffix in (".yaml", ".yml") and path.is_file():
+        # the export leaves out symlinks and submodules: so does this, so that validate
+        # and the daemon read the same files (validation reports what it skipped)
+        if path.suffix in (".yaml", ".yml") and path.is_file() and not path.is_symlink():
+            if path.name == LOCK_FILE and len(rel) == 1:
+                continue  # the placement lock is read by desired.placement_lock
+            if any((root / Path(*rel[:i]) / ".git").exists() for i in range(1, len(rel))):
+                continue
             found.append(path)
     return found
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from reconciler.core.placement import LockedPlacement
+from reconciler.core.vocabulary import ReplicaKey
 from schemas.v1alpha1 import Cluster, ModelDeployment
 
 
@@ -20,3 +22,5 @@ class DesiredState:
     cluster: Cluster
     deployments: Mapping[str, ModelDeployment]
     sources: Mapping[str, tuple[str, int]] = field(default_factory=dict)  # name -> file, line
+    # placement.lock.yaml beside the Cluster document: where replicas stay while valid
+    placement_lock: Mapping[ReplicaKey, LockedPlacement] = field(default_factory=dict)
