@@ -1,4 +1,5 @@
-"""Generate the JSON Schema files committed under schemas/json/ (editors validate with them).
+"""Generate the JSON Schema files committed under schemas/json/ (editors validate with them)
+and the node status schema, reconciler/daemon/status.schema.json (what GET /status serves).
 
 Run `python -m schemas.generate` after changing a model; a test fails while they are stale.
 """
@@ -11,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from schemas.nodeconfig import NodeConfig
+from schemas.status import NodeStatus
 from schemas.v1alpha1 import Cluster, ModelDeployment
 
 OUT = Path(__file__).parent / "json"
+# a file path only: schemas/ imports nothing from reconciler/
+STATUS_OUT = Path(__file__).resolve().parent.parent / "reconciler" / "daemon" / "status.schema.json"
 BASE_URL = "https://reconciler.dev/schemas/v1alpha1"
 
 
@@ -56,6 +60,17 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     }
 
 
+def status_schema() -> dict[str, Any]:
+    """What a daemon serves: every field listed as required, as this version emits them
+    all (reading is more lenient, see schemas.status)."""
+    schema: dict[str, Any] = NodeStatus.model_json_schema(by_alias=True, mode="serialization")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"{BASE_URL}/nodestatus.schema.json"
+    schema["title"] = "NodeStatus"
+    schema["description"] = "GET /status of one reconciler daemon."
+    return schema
+
+
 def render(schema: dict[str, Any]) -> str:
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 
@@ -67,6 +82,9 @@ def write(out: Path = OUT) -> list[Path]:
         path = out / name
         path.write_text(render(schema))
         written.append(path)
+    if out == OUT:
+        STATUS_OUT.write_text(render(status_schema()))
+        written.append(STATUS_OUT)
     return written
 
 

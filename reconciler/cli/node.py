@@ -119,12 +119,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     holder["daemon"] = daemon
     if args.once:
-        from reconciler.daemon.status import is_stalled, one_line
+        from reconciler.daemon.conditions import is_stalled
+        from reconciler.daemon.status import one_line
 
         status = daemon.run_once()
         print(one_line(status))
-        failure = status["source"]["failure"]
-        refused = failure is not None and not failure["retryable"]
+        failure = status.source.failure
+        refused = failure is not None and not failure.retryable
         return EXIT_INVALID if refused or is_stalled(daemon.sync.failure) else EXIT_OK
     log.info("starting", extra={"node": config.node_name, "config": str(args.config),
                                 "listen": f"{config.listen.address}:{config.listen.port}"})
@@ -311,7 +312,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     """Fetch, verify and load once, without changing what the daemon has accepted: the
     mirror is shared (it has a lock), the last-good record is read from a copy."""
     from reconciler.daemon import log_format as logjson
-    from reconciler.daemon.loop import git_source_config
+    from reconciler.daemon.wiring import git_source_config
     from reconciler.desired.source_sync import SourceSync
     from reconciler.ports.git_source import GitPythonSource
 

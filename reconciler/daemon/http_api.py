@@ -22,6 +22,7 @@ from typing import Any
 
 from reconciler.daemon.metrics import CONTENT_TYPE_LATEST, Metrics
 from reconciler.daemon.webhook_auth import WebhookAuth, verify_webhook
+from schemas.status import NodeStatus
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class _Handler(BaseHTTPRequestHandler):
             if path == "/metrics":
                 self._send(200, api.metrics.render(), CONTENT_TYPE_LATEST)
             elif path == "/status":
-                body = json.dumps(api.status(), indent=1).encode() + b"\n"
+                body = json.dumps(api.status().model_dump(mode="json"), indent=1).encode() + b"\n"
                 self._send(200, body, "application/json")
             elif path in ("/healthz", "/livez", "/readyz"):
                 ok, detail = api.healthz()
@@ -106,7 +107,7 @@ class HttpApi:
         port: int,
         *,
         metrics: Metrics,
-        status: Callable[[], dict[str, Any]],
+        status: Callable[[], NodeStatus],
         healthz: Callable[[], tuple[bool, str]],
         webhook_secret: Callable[[], bytes | None],
         on_webhook: Callable[[], None],

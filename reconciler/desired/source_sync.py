@@ -113,3 +113,71 @@ class SourceSync:
         )
         log.info("new desired revision", extra={"revision": head.revision, "subject": head.subject})
         return True
+
+
+# --- refused revisions apart from fetch errors (what the daemon reports and counts) ---------
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    """What one `SourceHealth.sync` call brought, for metrics and the error log."""
+
+    fetched: bool  # the fetch itself succeeded
+    fetch_failure: SourceFailure | None = None  # the fetch failed (count every time)
+    new_refusal: SourceFailure | None = None  # a revision refused, first verdict only
+
+
+class SourceHealth:
+    """Keeps "this revision was refused" apart from "the source could not be reached".
+
+    A refusal stays until a good revision is in force again (only a new commit clears
+    it); a fetch error stays until the next successful fetch. A refusal is reported once
+    per (revision, reason): a fetch failure in between makes `SourceSync` judge the same
+    commit again, which is not a new refusal.
+    """
+
+    def __init__(self, sync: SourceSync) -> None:
+        self.source_sync = sync
+        self.refusal: SourceFailure | None = None
+        self.fetch_error: SourceFailure | None = None
+        self.last_fetch_success: float | None = None  # wall time
+
+    @property
+    def failure(self) -> SourceFailure | None:
+        """The one to show: a refusal outranks a fetch error (it needs a person)."""
+        return self.refusal if self.refusal is not None else self.fetch_error
+
+    def sync(self, now: float, wall: float) -> SyncOutcome:
+        sync = self.source_sync
+        before_fetch = sync.fetched_at
+        before_failure = sync.failure
+        try:
+            sync.sync(now)
+        except Exception as exc:  # a bug or an unforeseen OS error must not end the loop
+            log.exception("sync failed")
+            self.fetch_error = SourceFailure("SyncError", str(exc), None, True)
+            return SyncOutcome(fetched=False, fetch_failure=self.fetch_error)
+        failure = sync.failure
+        outcome = SyncOutcome(fetched=False)
+        if sync.fetched_at != before_fetch:
+            self.fetch_error = None
+            self.last_fetch_success = wall
+            new: SourceFailure | None = None
+            if failure is not None and failure is not before_failure:
+                prev = self.refusal
+                if prev is None or (prev.revision, prev.reason) != (
+                    failure.revision, failure.reason
+                ):
+                    new = failure
+                self.refusal = failure
+            outcome = SyncOutcome(fetched=True, new_refusal=new)
+        elif failure is not None:
+            self.fetch_error = failure
+            outcome = SyncOutcome(fetched=False, fetch_failure=failure)
+        if (
+            sync.good is not None
+            and sync.attempted is not None
+            and sync.good.revision == sync.attempted.revision
+        ):
+            self.refusal = None
+        return outcome

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from reconciler.core.vocabulary import PeerReplica, ReplicaKey
+from schemas.status import Member, NodeStatus, Replica
 
 
 class PeerPort(Protocol):
@@ -62,32 +63,26 @@ def fetch_status(address: str, port: int, timeout: float) -> dict[str, Any]:
     return data
 
 
-def _running(members: Any, role: str) -> dict[str, Any] | None:
-    for m in members:
-        if isinstance(m, dict) and m.get("role") == role and m.get("running") is True:
-            return m
-    return None
+def _running(members: Sequence[Member], role: str) -> Member | None:
+    return next((m for m in members if m.role == role and m.running), None)
 
 
-def _from_members(r: dict[str, Any]) -> PeerReplica:
+def _from_members(r: Replica, members: Sequence[Member]) -> PeerReplica:
     """What the leader *runs*, from its observed members (status `members`), not the hash
     it wants: a follower must join the head that is up, at the hash it is up with."""
-    members = r["members"]
-    if not isinstance(members, list):
-        raise TypeError("members is not a list")
     engine = _running(members, "engine")
     # the leader's running engine: what the followers of an mp multi-node replica (vLLM
     # --nnodes, no Ray) join
-    engine_hash = str(engine["specHash"]) if engine is not None else ""
-    engine_ready = engine is not None and engine.get("health") == "ready"
-    if r["role"] == "leader":
+    engine_hash = engine.spec_hash if engine is not None else ""
+    engine_ready = engine is not None and engine.health == "ready"
+    if r.role == "leader":
         head = _running(members, "ray-head")
         if head is None:
             return PeerReplica(spec_hash="", ready=False, head_up=False,
                                engine_hash=engine_hash, engine_ready=engine_ready)
-        h = str(head["specHash"])
+        h = head.spec_hash
         ready = engine_ready and engine_hash == h
-        return PeerReplica(spec_hash=h, ready=ready, head_up=head.get("health") == "ready",
+        return PeerReplica(spec_hash=h, ready=ready, head_up=head.health == "ready",
                            engine_hash=engine_hash, engine_ready=engine_ready)
     if engine is None:
         return PeerReplica(spec_hash="", ready=False)
@@ -95,26 +90,21 @@ def _from_members(r: dict[str, Any]) -> PeerReplica:
                        engine_ready=engine_ready)
 
 
-def peer_replicas(status: dict[str, Any]) -> dict[ReplicaKey, PeerReplica]:
+def peer_replicas(status: NodeStatus) -> dict[ReplicaKey, PeerReplica]:
     """The replicas a peer leads (single-node ones and multi-node leaders).
 
     From the running members when the peer reports them (``members``); an older peer
     without them gives its desired hash and state, and never ``head_up``.
     """
-    node = status.get("node")
     out: dict[ReplicaKey, PeerReplica] = {}
-    for r in status.get("replicas", []):
-        try:
-            nodes = list(r["nodes"])
-            if not nodes or nodes[0] != node or r["role"] not in ("single", "leader"):
-                continue
-            key = ReplicaKey(str(r["deployment"]), int(r["index"]))
-            if "members" in r:
-                out[key] = _from_members(r)
-            else:
-                out[key] = PeerReplica(spec_hash=str(r["specHash"]), ready=r["state"] == "Ready")
-        except (KeyError, TypeError, ValueError):
+    for r in status.replicas:
+        if not r.nodes or r.nodes[0] != status.node or r.role not in ("single", "leader"):
             continue
+        key = ReplicaKey(r.deployment, r.index)
+        if r.members is not None:
+            out[key] = _from_members(r, r.members)
+        else:
+            out[key] = PeerReplica(spec_hash=r.spec_hash, ready=r.state == "Ready")
     return out
 
 
@@ -135,7 +125,10 @@ class HttpPeers:
 
     def _one(self, peer: PeerAddress) -> dict[ReplicaKey, PeerReplica]:
         try:
-            return peer_replicas(self._fetch(peer.address, peer.port, self._timeout))
+            doc = self._fetch(peer.address, peer.port, self._timeout)
+            # a document this version cannot read (a ValidationError is a ValueError)
+            # counts as an unreachable peer; unknown extra fields are fine (schemas.status)
+            return peer_replicas(NodeStatus.model_validate(doc))
         except (OSError, ValueError, http.client.HTTPException) as exc:
             _log.debug("peer unreachable", extra={"peer": peer.name, "error": str(exc)})
             return {}

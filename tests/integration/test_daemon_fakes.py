@@ -19,16 +19,19 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.core.vocabulary import MemberKey, ReplicaKey
-from reconciler.daemon.loop import Daemon, DaemonPorts
+from reconciler.daemon.loop import Daemon
 from reconciler.daemon.sdnotify import Notifier
 from reconciler.daemon.status import status_schema
 from reconciler.daemon.webhook_auth import hmac_sha256_hex
+from reconciler.daemon.wiring import DaemonPorts
 from reconciler.ports.peers import HttpPeers, PeerAddress, peer_replicas
 from reconciler.testing.git_source import FakeGitSource
 from reconciler.testing.gpus import FakeGpuPort
 from reconciler.testing.processes import FakeProcessPort
 from schemas.nodeconfig import NodeConfig
+from schemas.status import NodeStatus
 from testrigs.gitserver import free_port
+from testrigs.status_docs import status_dict
 
 SECRET = "s3cr3t-webhook-value-1234"
 
@@ -356,18 +359,15 @@ def test_watchdog_pings_come_from_the_loop(tmp_path: Path) -> None:
 
 
 def test_peers_read_leaders_from_status() -> None:
-    doc = {
-        "node": "n1",
-        "replicas": [
-            {"deployment": "a", "index": 0, "state": "Ready", "role": "single",
-             "nodes": ["n1"], "specHash": "h1"},
-            {"deployment": "b", "index": 0, "state": "Starting", "role": "follower",
-             "nodes": ["n2", "n1"], "specHash": "h2"},
-            {"deployment": "c", "index": 1, "state": "Starting", "role": "leader",
-             "nodes": ["n1", "n2"], "specHash": "h3"},
-        ],
-    }
-    found = peer_replicas(doc)
+    doc = status_dict("n1", [
+        {"deployment": "a", "index": 0, "state": "Ready", "role": "single",
+         "nodes": ["n1"], "specHash": "h1"},
+        {"deployment": "b", "index": 0, "state": "Starting", "role": "follower",
+         "nodes": ["n2", "n1"], "specHash": "h2"},
+        {"deployment": "c", "index": 1, "state": "Starting", "role": "leader",
+         "nodes": ["n1", "n2"], "specHash": "h3"},
+    ])
+    found = peer_replicas(NodeStatus.model_validate(doc))
     assert set(found) == {ReplicaKey("a", 0), ReplicaKey("c", 1)}
     assert found[ReplicaKey("a", 0)].ready and not found[ReplicaKey("c", 1)].ready
 

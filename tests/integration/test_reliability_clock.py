@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from reconciler.core.vocabulary import MemberKey, ReplicaKey
-from reconciler.daemon.loop import Daemon, DaemonPorts
+from reconciler.daemon.loop import Daemon
+from reconciler.daemon.wiring import DaemonPorts
 from reconciler.testing.clock import FakeClock
 from reconciler.testing.git_source import FakeGitSource
 from reconciler.testing.gpus import FakeGpuPort

@@ -8,7 +8,9 @@ from reconciler.core.spec_hash import spec_hash
 from reconciler.core.topology import ReplicaShape, replica_shape
 from reconciler.core.vocabulary import Inventory, PeerReplica, ReplicaKey, Start, Stop
 from reconciler.ports.peers import peer_replicas
+from schemas.status import NodeStatus
 from testrigs.builders import cluster, ctx, deployment, desired, gpus, node, observed, proc
+from testrigs.status_docs import node_status
 
 EMPTY = Inventory()
 KEY = ReplicaKey("r1", 0)
@@ -181,11 +183,11 @@ def test_leader_engine_failure_is_an_ordinary_engine_failure() -> None:
 
 
 def test_peers_report_the_leaders_running_engine_for_mp_replicas() -> None:
-    def status(members: list[dict[str, object]]) -> dict[str, object]:
-        return {"node": "n0", "replicas": [{
+    def status(members: list[dict[str, object]]) -> NodeStatus:
+        return node_status("n0", [{
             "deployment": "r1", "index": 0, "nodes": ["n0", "n1"], "role": "leader",
             "specHash": "want", "state": "Starting", "members": members,
-        }]}
+        }])
 
     engine = {"role": "engine", "running": True, "specHash": "abc", "health": "starting"}
     assert peer_replicas(status([engine]))[KEY] == PeerReplica(

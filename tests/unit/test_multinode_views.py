@@ -10,9 +10,11 @@ from reconciler.core.placement import place
 from reconciler.core.plan import plan
 from reconciler.core.spec_hash import spec_hash
 from reconciler.core.vocabulary import Inventory, PeerReplica, RayView, ReplicaKey, Stop
-from reconciler.ports.peers import peer_replicas
+from reconciler.ports.peers import peer_replicas as read_peer
 from reconciler.ports.ray_nodes import RayClusterView, RayNode, replica_view
+from schemas.status import NodeStatus
 from testrigs.builders import cluster, ctx, deployment, desired, gpus, node, observed, proc
+from testrigs.status_docs import status_dict
 
 EMPTY = Inventory()
 KEY = ReplicaKey("r1", 0)
@@ -47,13 +49,18 @@ def test_replica_view_counts_only_members_at_the_hash() -> None:
         "10.0.0.1", "10.0.0.2", "10.0.0.4", "10.0.0.5")
 
 
+def peer_replicas(doc: dict[str, Any]) -> dict[ReplicaKey, PeerReplica]:
+    """As the peers port reads a /status answer: validated as a whole NodeStatus."""
+    return read_peer(NodeStatus.model_validate(doc))
+
+
 def _status(node_name: str, role: str, members: list[dict[str, Any]], state: str = "Ready",
             desired_hash: str = "new") -> dict[str, Any]:
     nodes = [node_name, "n1"] if role == "leader" else [node_name]
-    return {"node": node_name, "replicas": [{
+    return status_dict(node_name, [{
         "deployment": "r1", "index": 0, "state": state, "reason": "", "role": role,
         "nodes": nodes, "gpus": [], "port": 8000, "specHash": desired_hash,
-        "members": members}]}
+        "members": members}])
 
 
 def _m(role: str, h: str, running: bool = True, health: str = "ready") -> dict[str, Any]:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from reconciler.cli.main import main
-from schemas.generate import OUT, json_schemas, render
+from schemas.generate import OUT, STATUS_OUT, json_schemas, render, status_schema
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -46,6 +46,13 @@ def test_committed_schemas_are_current() -> None:
         f"schemas/json is stale (differs: {stale}, not generated: {extra}); "
         "run `python -m schemas.generate` and commit the result"
     )
+
+
+def test_committed_status_schema_is_current() -> None:
+    assert STATUS_OUT.read_text(encoding="utf-8") == render(status_schema()), (
+        f"{STATUS_OUT} is stale; run `python -m schemas.generate` and commit the result"
+    )
+    jsonschema.Draft202012Validator.check_schema(json.loads(STATUS_OUT.read_text()))
 
 
 @pytest.mark.parametrize("name", sorted(json_schemas()))

@@ -1,0 +1,63 @@
+"""After every iteration: one snapshot becomes the status document, the metrics and the
+sd_notify STATUS= line. The HTTP threads read what was published last."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from reconciler.daemon.conditions import Conditions, is_stalled
+from reconciler.daemon.gpu_account import gpu_account
+from reconciler.daemon.metrics import Metrics
+from reconciler.daemon.sdnotify import Notifier
+from reconciler.daemon.snapshot import Snapshot, local_replicas
+from reconciler.daemon.status import build_status, one_line
+from schemas.status import NodeStatus
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    """Called by the reconcile worker only; `last` may be read from any thread."""
+
+    def __init__(self, metrics: Metrics, notifier: Notifier) -> None:
+        self.metrics = metrics
+        self.notifier = notifier
+        self._conditions = Conditions()  # the worker's: it remembers transition times
+        self._lock = threading.Lock()
+        self._status: NodeStatus | None = None
+        self._ready_sent = False
+        self._last_line = ""
+
+    def last(self) -> NodeStatus | None:
+        with self._lock:
+            return self._status
+
+    def publish(self, snap: Snapshot, *, restarts_total: dict[str, int],
+                illegal_transitions: int) -> NodeStatus:
+        status = build_status(snap, self._conditions)
+        m = self.metrics
+        m.revisions(snap.attempted.revision if snap.attempted else None, snap.applied)
+        deployments = list(snap.desired.deployments) if snap.desired is not None else []
+        m.replica_states(
+            deployments, [(s.replica.deployment, s.state) for s in local_replicas(snap)]
+        )
+        m.restarts(restarts_total)
+        m.illegal(illegal_transitions)
+        account = gpu_account(snap.desired, snap.tick.observed if snap.tick else None, snap.node)
+        m.gpu_counts(account.counts, account.simulated)
+        ready = status.condition("Ready")
+        m.conditions(stalled=is_stalled(snap.failure),
+                     ready=ready is not None and ready.status == "True")
+        with self._lock:
+            self._status = status
+        line = one_line(status)
+        if not self._ready_sent:
+            self.notifier.ready(line)
+            self._ready_sent = True
+            self._last_line = line
+            log.info("ready", extra={"status": line})
+        elif line != self._last_line:
+            self.notifier.status(line)
+            self._last_line = line
+        return status
