@@ -53,6 +53,56 @@ class WebhookConfig(Strict):
     secret_file: Path | None = Field(default=None, description="HMAC secret; none: disabled")
 
 
+class GatewayKeyConfig(Strict):
+    name: Name = Field(description="shown in logs and metrics instead of the key")
+    file: Path = Field(description="file whose first line is the key (only its hash is kept)")
+    models: list[str] | None = Field(
+        default=None, description="served model names this key may use; none: all"
+    )
+
+
+class GatewayConfig(Strict):
+    """`reconciler gateway`: one OpenAI endpoint for every model of the cluster."""
+
+    listen: ListenConfig = Field(
+        default_factory=lambda: ListenConfig(address="127.0.0.1", port=9480)
+    )
+    daemon_url: str | None = Field(
+        default=None, description="this node's daemon; default: from `listen` above"
+    )
+    peers: Literal["cluster"] | list[str] = Field(
+        default="cluster",
+        description=(
+            "whose /status to route from besides this node's daemon: 'cluster' (every node "
+            "of the Cluster document, at its statusPort) or a list of host:port"
+        ),
+    )
+    api_keys: list[GatewayKeyConfig] = Field(default_factory=list)
+    engine_key_file: Path | None = Field(
+        default=None,
+        description=(
+            "key the gateway sends to engines (Authorization: Bearer); give the engines the "
+            "same file as engine.secretEnvFiles.VLLM_API_KEY"
+        ),
+    )
+    status_interval_seconds: float = Field(default=1.0, ge=0.1, le=60)
+    status_stale_seconds: float = Field(
+        default=5.0, gt=0, description="a peer's last status is used this long after it fails"
+    )
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    connect_timeout_seconds: float = Field(default=3.0, gt=0)
+    first_byte_timeout_seconds: float = Field(default=600.0, gt=0)
+    client_write_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="a client that reads nothing this long is cut off"
+    )
+    retry_after_seconds: int = Field(default=5, ge=1)
+    shutdown_grace_seconds: float = Field(
+        default=30.0, ge=0, description="on SIGTERM, streams in flight get this long"
+    )
+    max_connections: int = Field(default=4096, ge=1, description="to all engines together")
+
+
 class EngineRuntime(Strict):
     """The engine environment: kept apart from the daemon's so the daemon stays light."""
 
@@ -121,3 +171,6 @@ class NodeConfig(Strict):
         default=False, description="SIGTERM leaves engines running to be adopted on restart"
     )
     backoff: BackoffConfig = Field(default_factory=BackoffConfig)
+    gateway: GatewayConfig | None = Field(
+        default=None, description="the OpenAI gateway of this node (`reconciler gateway`)"
+    )

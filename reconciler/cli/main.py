@@ -10,10 +10,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from reconciler.cli import engine, node, plan, validate
+from reconciler.cli import diff, engine, gateway, lock, node, plan, validate
 from reconciler.cli.common import EXIT_INVALID, EXIT_OK, Registry
 
-GROUPS = (validate, plan, node, engine)
+GROUPS = (validate, plan, diff, lock, node, engine, gateway)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, Registry]:

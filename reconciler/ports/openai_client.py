@@ -32,6 +32,16 @@ class ChatResult:
     total_s: float
     finish_reason: str | None = None
     chunks: int = 0
+    completion_tokens: int | None = None  # from the usage chunk, when the server sends one
+    replica: str | None = None  # which replica answered, when a gateway says so
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Decode speed: tokens after the first over the time after the first token."""
+        if self.ttft_s is None or self.completion_tokens is None or self.completion_tokens < 2:
+            return None
+        decode = self.total_s - self.ttft_s
+        return (self.completion_tokens - 1) / decode if decode > 0 else None
 
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -45,6 +55,7 @@ def chat(
     *,
     max_tokens: int = 64,
     temperature: float = 0.0,
+    api_key: str | None = None,
 ) -> ChatResult:
     """Send one user message to ``{base_url}/v1/chat/completions`` and stream the answer.
 
@@ -64,21 +75,28 @@ def chat(
             "stream": True,
             "max_tokens": max_tokens,
             "temperature": temperature,
+            "stream_options": {"include_usage": True},
         }
     ).encode()
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
     request = urllib.request.Request(  # noqa: S310 (scheme checked above)
         url,
         data=body,
         method="POST",
-        headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+        headers=headers,
     )
     t0 = time.monotonic()
     ttft: float | None = None
     parts: list[str] = []
     finish: str | None = None
     chunks = 0
+    tokens: int | None = None
+    replica: str | None = None
     try:
         with _OPENER.open(request, timeout=timeout) as resp:
+            replica = resp.headers.get("X-Reconciler-Replica")
             for raw in resp:
                 line = raw.decode("utf-8", "replace").strip()
                 if not line.startswith("data:"):
@@ -88,6 +106,9 @@ def chat(
                     break
                 chunk = _parse_chunk(data)
                 chunks += 1
+                usage = chunk.get("usage")
+                if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+                    tokens = usage["completion_tokens"]
                 for choice in chunk.get("choices") or []:
                     content = (choice.get("delta") or {}).get("content")
                     if content:
@@ -106,7 +127,8 @@ def chat(
         raise ChatError(f"{url}: no answer within {timeout:g}s") from exc
     except OSError as exc:
         raise ChatError(f"{url}: {exc}") from exc
-    return ChatResult("".join(parts), ttft, time.monotonic() - t0, finish, chunks)
+    return ChatResult("".join(parts), ttft, time.monotonic() - t0, finish, chunks, tokens,
+                      replica)
 
 
 def _parse_chunk(data: str) -> dict[str, Any]:
