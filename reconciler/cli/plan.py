@@ -1,8 +1,12 @@
-"""`reconciler plan`: what a node would do and why, as a readable diff.
+"""`reconciler plan`: what a node will run once the revision is applied, and what it does
+next, as a readable diff.
 
-Without --state-dir the node is assumed empty (nothing running) with the GPUs its
-Cluster entry declares: the view a pull request reviewer wants. With --state-dir the
-engines that node owns are read from their state files, without touching them.
+For every member the node will run (engine, Ray head, Ray worker) it shows the exact argv,
+the environment the daemon sets (secrets masked), the GPUs and ports; then the order in
+which each of its replicas forms across the cluster; then the next actions from the given
+state. Without --state-dir the node is assumed empty (nothing running) with the GPUs its
+Cluster entry declares: the view a pull request reviewer wants. A node that will start,
+replace or stop anything exits 1.
 """
 
 from __future__ import annotations
@@ -15,15 +19,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from reconciler.cli.show import member_json, member_lines
+from reconciler.core.converged import ConvergedMember, node_members, replica_steps
 from reconciler.core.launch import NodeContext
 from reconciler.core.placement import place
 from reconciler.core.plan import plan
+from reconciler.core.printable import escape_controls
 from reconciler.core.vocabulary import (
     GpuInventory,
     GpuObservation,
     Inventory,
     MarkReady,
     ObservedState,
+    Placement,
     Plan,
     ProcessObservation,
     Reap,
@@ -61,34 +69,57 @@ def read_state_dir(state_dir: Path) -> tuple[Inventory, list[ProcessObservation]
     return inventory, read_state_files(state_dir)
 
 
-def render_plan(p: Plan, node: str, revision: str) -> str:
-    lines = [f"node {node}, revision {revision}:"]
-    if p.empty:
-        lines.append("  no changes")
+def member_status(m: ConvergedMember, observed: ObservedState) -> str:
+    proc = observed.processes.get(m.member)
+    if proc is None or not proc.running:
+        return "start"
+    return "keep" if proc.spec_hash == m.launch.spec_hash else "replace"
+
+
+def render_actions(p: Plan) -> list[str]:
+    lines = []
     for action in p.actions:
         if isinstance(action, Start):
-            lines.append(f"  + start {action.member}  ({action.reason})")
-            lines.append(f"      argv: {' '.join(action.launch.argv)}")
-            if action.launch.gpus:
-                lines.append(f"      gpus: {','.join(map(str, action.launch.gpus))}")
+            lines.append(f"    + start {action.member}  ({action.reason})")
         elif isinstance(action, Stop):
-            lines.append(f"  - stop  {action.member}  ({action.reason})")
+            lines.append(f"    - stop  {action.member}  ({action.reason})")
         elif isinstance(action, Reap):
-            lines.append(f"  x forget {action.member}  ({action.reason})")
+            lines.append(f"    x forget {action.member}  ({action.reason})")
         elif isinstance(action, MarkReady):
-            lines.append(f"  . {action.reason}")
-    if p.replicas:
-        lines.append("  replicas:")
-        for key, s in p.replicas.items():
-            where = ",".join(s.nodes) or "-"
-            lines.append(f"    {key!s:<28} {s.state:<17} {s.role:<9} nodes={where}  {s.reason}")
+            lines.append(f"    . {action.reason}")
+    return [escape_controls(line) for line in lines] or ["    nothing to do this tick"]
+
+
+def render_node(
+    node: str,
+    desired: DesiredState,
+    members: list[tuple[ConvergedMember, str]],
+    steps: list[str],
+    p: Plan,
+    changes: bool,
+) -> str:
+    to_do = sum(1 for _, s in members if s != "keep")
+    head = f"node {node}, revision {desired.revision}: "
+    head += f"runs {len(members)} member(s), {to_do} to start or replace" if members else (
+        "runs nothing"
+    )
+    lines = [head + ("" if changes else "; no changes")]
+    for m, status in members:
+        lines += member_lines(m, status)
+    if steps:
+        lines.append("  order (cluster-wide, for the replicas on this node):")
+        lines += [f"    {i}. {escape_controls(s)}" for i, s in enumerate(steps, start=1)]
+    lines.append("  next tick from the given state:")
+    lines += render_actions(p)
+    for key, s in p.replicas.items():
+        if s.state == "Pending" and not s.nodes:
+            lines.append(f"  replica {key}: {escape_controls(s.reason)}")
     for note in p.notes:
-        lines.append(f"  note: {note}")
+        lines.append(f"  note: {escape_controls(note)}")
     return "\n".join(lines)
 
 
-def render_placement(desired: DesiredState) -> str:
-    placement = place(desired)
+def render_placement(placement: Placement) -> str:
     lines = [
         "placement (every node computes the same):",
         f"  {'REPLICA':<28} {'NODES':<30} {'GPUS/NODE':<10} {'PORT':<6} RAY BLOCK",
@@ -99,7 +130,7 @@ def render_placement(desired: DesiredState) -> str:
             f"  {key!s:<28} {','.join(p.nodes):<30} {p.gpus_per_node:<10} {p.port:<6} {block}"
         )
     for key, reason in sorted(placement.unschedulable.items()):
-        lines.append(f"  {key!s:<28} {reason}")
+        lines.append(f"  {key!s:<28} {escape_controls(reason)}")
     return "\n".join(lines)
 
 
@@ -113,15 +144,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     nodes = names if args.all_nodes else [args.node]
     if not args.all_nodes and args.node not in names:
         print(
-            f"error: node {args.node!r} is not in the Cluster (known: {', '.join(names)})",
+            f"error: node {escape_controls(args.node)!r} is not in the Cluster "
+            f"(known: {', '.join(names)})",
             file=sys.stderr,
         )
         return EXIT_INVALID
+    placement = place(desired)
     changes = False
     out: list[dict[str, Any]] = []
     if args.all_nodes and args.format == "text":
-        print(render_placement(desired))
+        print(render_placement(placement))
         print()
+    now = args.now if args.now is not None else time.time()
     for node in nodes:
         inventory = Inventory()
         processes: list[ProcessObservation] = []
@@ -133,14 +167,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
             processes={p.member: p for p in processes},
         )
         ctx = NodeContext(name=node, python=args.engine_python, ray=args.engine_ray)
-        now = args.now if args.now is not None else time.time()
         p = plan(desired, observed, inventory, now, ctx)
-        changes = changes or not p.empty
+        members = [(m, member_status(m, observed)) for m in node_members(desired, placement, ctx)]
+        seen: set[str] = set()
+        steps: list[str] = []
+        for m, _ in members:
+            if str(m.placement.key) not in seen:
+                seen.add(str(m.placement.key))
+                steps += replica_steps(desired, m.placement)
+        node_changes = not p.empty or any(s != "keep" for _, s in members)
+        changes = changes or node_changes
         if args.format == "json":
             out.append(
                 {
                     "node": node,
-                    "changes": not p.empty,
+                    "revision": desired.revision,
+                    "changes": node_changes,
+                    "members": [member_json(m, s) for m, s in members],
+                    "steps": steps,
                     "actions": [_action_json(a) for a in p.actions],
                     "replicas": {
                         str(k): {"state": s.state, "reason": s.reason, "nodes": list(s.nodes)}
@@ -150,7 +194,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 }
             )
         else:
-            print(render_plan(p, node, desired.revision))
+            print(render_node(node, desired, members, steps, p, node_changes))
     if args.format == "json":
         print(json.dumps(out, indent=2))
     return EXIT_CHANGES if changes else EXIT_OK
@@ -173,7 +217,8 @@ def _action_json(action: Any) -> dict[str, Any]:
 def register(sub: Any, handlers: dict[str, Handler]) -> None:
     p = sub.add_parser(
         "plan",
-        help="show what a node would do and why (exit 0 no changes, 1 changes, 2 error)",
+        help="what a node will run (argv, env, GPUs, ports) and do next "
+        "(exit 0 no changes, 1 changes, 2 error)",
     )
     p.add_argument("--repo", required=True, help="cluster directory (one Cluster document)")
     group = p.add_mutually_exclusive_group(required=True)

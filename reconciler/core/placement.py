@@ -151,8 +151,8 @@ class _Placer:
             return ""
         open_count = len(matching) - len(closed)
         return (
-            f"; {open_count} of {len(matching)} matching nodes take replicas "
-            f"({', '.join(closed)})"
+            f"; only {open_count} of {len(matching)} matching nodes take replicas "
+            f"({', '.join(closed)}): uncordon or undrain a node, or add one"
         )
 
     def take(self, node: str, gpus: int) -> None:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.core.errors import InvalidDesiredState, Problem
-from reconciler.desired.loader import load_directory
 from reconciler.desired.state import DesiredState
+from reconciler.desired.validation import validate_revision
 from reconciler.ports.files import atomic_write
-from reconciler.ports.git_source import CommitInfo, GitSource, SourceError
+from reconciler.ports.git import CommitInfo, GitSource, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class SourceSync:
             return
         try:
             path = self.source.export(info.revision)
-            self.desired = load_directory(path, revision=info.revision)
+            self.desired = validate_revision(path, revision=info.revision)
             self.good = info
             log.info("restored last good revision", extra={"revision": info.revision})
         except (SourceError, InvalidDesiredState) as exc:
@@ -90,7 +90,7 @@ class SourceSync:
                 head.revision, last_accepted=self.good.revision if self.good else None
             )
             path = self.source.export(head.revision)
-            desired = load_directory(path, revision=head.revision)
+            desired = validate_revision(path, revision=head.revision)
         except SourceError as exc:
             self.failure = SourceFailure(exc.reason, exc.message, head.revision, exc.retryable)
             log.error(
