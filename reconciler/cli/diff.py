@@ -22,7 +22,6 @@ from reconciler.core.printable import escape_controls
 from reconciler.core.revision_diff import RevisionDiff, diff_revisions
 from reconciler.core.vocabulary import Placement
 from reconciler.desired.placement_lock import lock_of
-from reconciler.desired.revisions import RevisionError, export_revision
 from reconciler.desired.state import DesiredState
 from reconciler.desired.validation import check_revision
 
@@ -89,6 +88,8 @@ def to_json(diff: RevisionDiff, stale_lock: bool) -> dict[str, Any]:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from reconciler.desired.revisions import RevisionError, export_revision
+
     repo = Path(args.repo)
     shown = repo / args.path if args.path != "." else repo
     with tempfile.TemporaryDirectory(prefix="reconciler-diff-") as scratch:
