@@ -7,9 +7,9 @@ executables run engines; all of that comes from this file, owned by root on the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from schemas.v1alpha1 import GpuDeclaration, Name, Port, Strict
 
@@ -156,6 +156,24 @@ class SimulatedGpus(Strict):
         return GpuDeclaration(count=self.count, model=self.model, memory_gib=self.memory_gib)
 
 
+# A GPU this daemon manages: NVML's index (PCI bus order), or its UUID as NVML and
+# nvidia-smi print it (GPU-..., MIG-...; SIM-GPU-<node>-<i> for simulated GPUs).
+GpuSelector = Annotated[int, Field(ge=0, le=1023)] | Annotated[
+    str, Field(pattern=r"^(GPU|MIG|SIM-GPU)-[A-Za-z0-9._-]+$")
+]
+
+
+def _unique_selectors(value: list[int | str] | None) -> list[int | str] | None:
+    if value is None:
+        return None
+    seen: set[int | str] = set()
+    for item in value:
+        if item in seen:
+            raise ValueError(f"GPU {item!r} is named twice")
+        seen.add(item)
+    return value
+
+
 class NodeConfig(Strict):
     api_version: Literal["reconciler.dev/v1alpha1"] = "reconciler.dev/v1alpha1"
     kind: Literal["NodeConfig"] = "NodeConfig"
@@ -166,6 +184,17 @@ class NodeConfig(Strict):
     webhook: WebhookConfig = Field(default_factory=WebhookConfig)
     engine: EngineRuntime
     simulate_gpus: SimulatedGpus | None = None
+    managed_gpus: Annotated[
+        list[GpuSelector] | None, AfterValidator(_unique_selectors)
+    ] = Field(
+        default=None,
+        description=(
+            "the GPUs of this node that this daemon manages, by NVML index or UUID; the "
+            "others (another daemon's, or other work's on a shared host) are neither "
+            "assigned nor counted as foreign, and status lists them as unmanaged. "
+            "Default: every GPU"
+        ),
+    )
     resync_interval_seconds: float = Field(default=10, ge=0.1)
     stop_engines_on_exit: bool = Field(
         default=False, description="SIGTERM leaves engines running to be adopted on restart"

@@ -35,7 +35,7 @@ ReplicaState = Literal[
 ReplicaRole = Literal["single", "leader", "follower"]
 MemberRole = Literal["engine", "ray-head", "ray-worker"]
 Health = Literal["ready", "starting", "unhealthy"]
-GpuState = Literal["assigned", "free", "foreign", "unhealthy"]
+GpuState = Literal["assigned", "free", "foreign", "unhealthy", "unmanaged"]
 ActionKind = Literal["Start", "Stop", "Reap", "MarkReady"]
 NonNegative = Annotated[int, Field(ge=0)]
 
@@ -169,6 +169,7 @@ class GpuCounts(Doc):
     foreign: NonNegative = 0
     missing: NonNegative = 0
     unhealthy: NonNegative = 0
+    unmanaged: NonNegative = 0  # another daemon's or other work's (node config managedGpus)
 
 
 class Gpus(Doc):

@@ -120,6 +120,9 @@ class GpuInventory:
     error: str = ""
     driver_version: str = ""
     cuda_version: str = ""
+    # GPUs of this host that the node config gives to someone else (managedGpus): never
+    # assigned, never foreign; listed only so that status can say so
+    unmanaged: tuple[GpuObservation, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -38,12 +38,16 @@ def gpu_account(desired: DesiredState | None, observed: ObservedState | None,
             if p.running:
                 assigned.update(p.gpus)
         foreign_pids = observed.foreign_pids
-    counts = {"assigned": 0, "free": 0, "foreign": 0, "missing": 0, "unhealthy": 0}
+    counts = {"assigned": 0, "free": 0, "foreign": 0, "missing": 0, "unhealthy": 0,
+              "unmanaged": 0}
     devices = []
-    for g in inv.gpus:
+    unmanaged = {g.index for g in inv.unmanaged}
+    for g in sorted((*inv.gpus, *inv.unmanaged), key=lambda g: g.index):
         strangers = sorted(pid for pid in g.process_pids if pid in foreign_pids)
         state: doc.GpuState
-        if not g.healthy:
+        if g.index in unmanaged:
+            state = "unmanaged"  # managedGpus gives it to someone else: not ours to judge
+        elif not g.healthy:
             state = "unhealthy"
         elif strangers:
             state = "foreign"

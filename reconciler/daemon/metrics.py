@@ -21,7 +21,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "GPU_STATES", "REPLICA_STATES", "Metrics"]
 REPLICA_STATES: tuple[ReplicaState, ...] = (
     "Pending", "Starting", "Ready", "Draining", "Stopped", "Failed", "CrashLoopBackOff",
 )
-GPU_STATES = ("assigned", "free", "foreign", "missing", "unhealthy")
+GPU_STATES = ("assigned", "free", "foreign", "missing", "unhealthy", "unmanaged")
 WEBHOOK_RESULTS = ("accepted", "unauthorized", "disabled", "too_large", "bad_request")
 
 
@@ -81,7 +81,7 @@ class Metrics:
         )
         self.gpus = Gauge(
             "reconciler_gpus",
-            "GPUs of this node by state: assigned, free, foreign, missing, unhealthy.",
+            "GPUs of this node by state: assigned, free, foreign, missing, unhealthy, unmanaged.",
             ["state"], registry=r,
         )
         self.gpus_simulated = Gauge(

@@ -179,7 +179,7 @@ def real_ports(
     )
     return DaemonPorts(
         source=GitPythonSource(git_source_config(config)),
-        gpus=gpu_port_from_config(config.simulate_gpus, config.node_name),
+        gpus=gpu_port_from_config(config.simulate_gpus, config.node_name, config.managed_gpus),
         processes=processes,
         clock=clock,
         peers=HttpPeers(peers),
@@ -198,8 +198,8 @@ def rewire(ports: DaemonPorts, old: NodeConfig, new: NodeConfig) -> bool:
     if source_changed:
         ports.source = GitPythonSource(git_source_config(new))
         ports.watch_repo = local_repo_path(new.source.url)
-    if new.simulate_gpus != old.simulate_gpus:
-        ports.gpus = gpu_port_from_config(new.simulate_gpus, new.node_name)
+    if new.simulate_gpus != old.simulate_gpus or new.managed_gpus != old.managed_gpus:
+        ports.gpus = gpu_port_from_config(new.simulate_gpus, new.node_name, new.managed_gpus)
     if new.engine.python != old.engine.python:
         ports.ray = ray_port(new)
     return source_changed

@@ -29,9 +29,10 @@ PID namespace (a container) sees other numbers for the same processes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from reconciler.core.vocabulary import GpuInventory, GpuObservation
@@ -432,8 +433,52 @@ class SimulatedGpuPort:
         return self._inventory
 
 
-def gpu_port_from_config(simulate: SimulatedGpus | None, node: str = "local") -> GpuPort:
-    """The node config's `simulateGpus` set: simulated GPUs; otherwise NVML."""
-    if simulate is not None:
-        return SimulatedGpuPort(simulate, node)
-    return NvmlGpuPort()
+class ManagedGpuPort:
+    """Only the GPUs the node config's `managedGpus` names, by NVML index or UUID.
+
+    The others move to `GpuInventory.unmanaged`: plan() never sees them, so they are
+    neither assigned nor foreign (another daemon's engines on them are not ours to judge).
+    Indices stay NVML's, so CUDA_VISIBLE_DEVICES names the same physical GPU. A named GPU
+    that is not there is an error in the inventory; the ones found are still managed.
+    """
+
+    def __init__(self, inner: GpuPort, selectors: Sequence[int | str]) -> None:
+        self.inner = inner
+        self._indices = frozenset(s for s in selectors if isinstance(s, int))
+        self._uuids = frozenset(s for s in selectors if isinstance(s, str))
+
+    def observe(self) -> GpuInventory:
+        inv = self.inner.observe()
+        if not inv.available:
+            return inv
+        managed = tuple(g for g in inv.gpus if g.index in self._indices or g.uuid in self._uuids)
+        unmanaged = tuple(g for g in inv.gpus if g not in managed)
+        found_idx = {g.index for g in managed}
+        found_uuid = {g.uuid for g in managed}
+        missing = [str(i) for i in sorted(self._indices - found_idx)]
+        missing += sorted(self._uuids - found_uuid)
+        error = inv.error
+        if missing:
+            error = "; ".join(
+                e for e in (error, f"managedGpus names GPU(s) not found: {', '.join(missing)}")
+                if e
+            )
+        return dataclasses.replace(inv, gpus=managed, unmanaged=unmanaged, error=error)
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+
+def gpu_port_from_config(
+    simulate: SimulatedGpus | None,
+    node: str = "local",
+    managed: Sequence[int | str] | None = None,
+) -> GpuPort:
+    """The node config's `simulateGpus` set: simulated GPUs; otherwise NVML. With
+    `managedGpus`, only those GPUs are this daemon's."""
+    port: GpuPort = SimulatedGpuPort(simulate, node) if simulate is not None else NvmlGpuPort()
+    if managed is not None:
+        return ManagedGpuPort(port, managed)
+    return port

@@ -147,7 +147,7 @@ def test_one_tick_starts_the_engine_then_ready(rig: Rig) -> None:
     assert rig.condition("Ready")["status"] == "True"
     assert rig.condition("Reconciling")["status"] == "False"
     assert st["gpus"]["counts"] == {"assigned": 1, "free": 1, "foreign": 0, "missing": 0,
-                                    "unhealthy": 0}
+                                    "unhealthy": 0, "unmanaged": 0}
     m = rig.metrics()
     assert m[("reconciler_replicas", (("deployment", "chat"), ("state", "Ready")))] == 1
     assert m[("reconciler_reconcile_total", (("result", "success"),))] == 3
