@@ -24,6 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from testrigs.status_docs import status_dict
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -107,7 +109,7 @@ def start_engine(model: str = "m1", *, python: str = sys.executable, host: str =
 # --- a stand-in daemon /status ------------------------------------------------------------------
 
 
-def replica_entry(deployment: str, index: int, node: str, port: int, *,
+def replica_entry(deployment: str, index: int, node: str, port: int | None, *,
                   state: str = "Ready", spec_hash: str = "h1") -> dict[str, Any]:
     return {"deployment": deployment, "index": index, "state": state, "reason": "",
             "role": "single", "nodes": [node], "gpus": [index], "port": port,
@@ -117,15 +119,16 @@ def replica_entry(deployment: str, index: int, node: str, port: int, *,
 def status_doc(node: str, address: str, deployments: dict[str, str],
                replicas: list[dict[str, Any]],
                cluster_nodes: list[tuple[str, str, int]] | None = None) -> dict[str, Any]:
-    """deployments: name -> served name; cluster_nodes: (name, address, statusPort)."""
+    """A whole /status document (JSON) as a daemon serves it, from the fields routing
+    reads. deployments: name -> served name; cluster_nodes: (name, address, statusPort)."""
     nodes = cluster_nodes or [(node, address, 9400)]
-    return {
-        "apiVersion": "reconciler.dev/v1alpha1", "kind": "NodeStatus", "node": node,
-        "deployments": [{"name": n, "servedName": s} for n, s in deployments.items()],
-        "replicas": replicas,
-        "cluster": {"name": "c", "nodes": [{"name": n, "address": a, "statusPort": p}
-                                           for n, a, p in nodes]},
-    }
+    deps = [{"name": n, "servedName": s, "model": f"/models/{n}", "replicas": 1,
+             "suspend": False, "parallelism": {"tensor": 1, "pipeline": 1, "data": 1},
+             "port": 8000, "localReplicas": 1, "readyReplicas": 1}
+            for n, s in deployments.items()]
+    return status_dict(node, replicas, deployments=deps,
+                       cluster={"name": "c", "nodes": [
+                           {"name": n, "address": a, "statusPort": p} for n, a, p in nodes]})
 
 
 class StatusServer:

@@ -10,36 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
+from pydantic import ValidationError
 
 from reconciler.gateway.routing import RoutingTable, build_table
+from schemas.status import NodeStatus
 
 _log = logging.getLogger(__name__)
 MAX_STATUS_BYTES = 8 * 1024 * 1024
 
 
-def peer_sources(local: Mapping[str, Any] | None, peers: str | Sequence[str],
+def peer_sources(local: NodeStatus | None, peers: str | Sequence[str],
                  local_url: str) -> list[str]:
     """Base URLs of every daemon to read: this node's, then its peers' (pure)."""
     out = [local_url.rstrip("/")]
     if isinstance(peers, str):  # "cluster": the nodes of the Cluster document
-        cluster = (local or {}).get("cluster") or {}
-        for n in cluster.get("nodes") or []:
-            try:
-                if n["name"] == (local or {}).get("node"):
-                    continue
-                host = str(n["address"])
-                host = f"[{host}]" if ":" in host else host
-                out.append(f"http://{host}:{int(n['statusPort'])}")
-            except (KeyError, TypeError, ValueError):
-                continue
+        if local is not None and local.cluster is not None:
+            for n in local.cluster.nodes:
+                if n.name != local.node:
+                    host = f"[{n.address}]" if ":" in n.address else n.address
+                    out.append(f"http://{host}:{n.status_port}")
     else:
         out.extend(p if p.startswith("http") else f"http://{p}" for p in peers)
     seen: set[str] = set()
@@ -48,7 +43,7 @@ def peer_sources(local: Mapping[str, Any] | None, peers: str | Sequence[str],
 
 @dataclass
 class _Seen:
-    doc: dict[str, Any]
+    doc: NodeStatus
     at: float
 
 
@@ -64,20 +59,27 @@ class Discovery:
     _seen: dict[str, _Seen] = field(default_factory=dict)
     table: RoutingTable = field(default_factory=RoutingTable)
 
-    async def _fetch(self, session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+    async def _fetch(self, session: aiohttp.ClientSession, url: str) -> NodeStatus | None:
         try:
             async with session.get(url + "/status", headers={"Accept": "application/json"},
                                    allow_redirects=False) as resp:
                 if resp.status != 200:
                     raise OSError(f"answered {resp.status}")
-                body = await resp.content.read(MAX_STATUS_BYTES + 1)
-                if len(body) > MAX_STATUS_BYTES:
-                    raise OSError("status larger than 8 MiB")
-            data = json.loads(body)
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
+                body = bytearray()
+                async for chunk in resp.content.iter_any():
+                    body += chunk
+                    if len(body) > MAX_STATUS_BYTES:
+                        raise OSError("status larger than 8 MiB")
+            # a document this version cannot read is answered like an unreachable peer
+            # (schemas.status explains why), never half-guessed
+            status = NodeStatus.model_validate_json(bytes(body))
             self.on_source(url, True)
-            return data
+            return status
+        except ValidationError as exc:
+            _log.warning("status source sent a document this gateway cannot read: %s: %s",
+                         url, str(exc).splitlines()[0])
+            self.on_source(url, False)
+            return None
         except (TimeoutError, OSError, ValueError, aiohttp.ClientError) as exc:
             _log.debug("status source unreachable: %s: %s", url, exc)
             self.on_source(url, False)

@@ -1,6 +1,7 @@
 """The routing table: served model name -> Ready replicas across the cluster. Pure.
 
-Built from the daemons' status documents (this node's and its peers'). Each replica is
+Built from the daemons' status documents (this node's and its peers', read as
+`schemas.status.NodeStatus`). Each replica is
 taken only from the status of the node that leads it (its first node): that daemon runs
 and probes the engine, so its word on Ready is the one that counts; the other nodes plan
 the same replica without observing it. A replica that is Draining, Starting, failed or
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from schemas.status import NodeStatus
 
 ROUTABLE_ROLES = ("single", "leader")
 
@@ -58,54 +60,34 @@ class RoutingTable:
         return sorted(m for m, ups in self.ready.items() if ups)
 
 
-def _addresses(docs: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+def _addresses(docs: Iterable[NodeStatus]) -> dict[str, str]:
     out: dict[str, str] = {}
     for doc in docs:
-        cluster = doc.get("cluster") or {}
-        for n in cluster.get("nodes") or []:
-            if isinstance(n, Mapping) and n.get("name") and n.get("address"):
-                out.setdefault(str(n["name"]), str(n["address"]))
+        for n in doc.cluster.nodes if doc.cluster is not None else ():
+            out.setdefault(n.name, n.address)
     return out
 
 
-def _served_names(doc: Mapping[str, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for d in doc.get("deployments") or []:
-        if isinstance(d, Mapping) and d.get("name") and d.get("servedName"):
-            out[str(d["name"])] = str(d["servedName"])
-    return out
-
-
-def upstreams_of(doc: Mapping[str, Any], addresses: Mapping[str, str]) -> list[Upstream]:
+def upstreams_of(doc: NodeStatus, addresses: Mapping[str, str]) -> list[Upstream]:
     """The Ready replicas a node's status document says it leads."""
-    node = doc.get("node")
-    if not isinstance(node, str) or node not in addresses:
+    if doc.node not in addresses:
         return []
-    served = _served_names(doc)
-    out = []
-    for r in doc.get("replicas") or []:
-        try:
-            nodes = list(r["nodes"])
-            if (not nodes or nodes[0] != node or r["role"] not in ROUTABLE_ROLES
-                    or r["state"] != "Ready" or not r.get("port")):
-                continue
-            model = served.get(str(r["deployment"]))
-            if model is None:
-                continue
-            out.append(Upstream(model=model, deployment=str(r["deployment"]),
-                                index=int(r["index"]), node=node, host=addresses[node],
-                                port=int(r["port"]), spec_hash=str(r.get("specHash") or "")))
-        except (KeyError, TypeError, ValueError):
-            continue  # one odd entry must not hide the others
-    return out
+    served = {d.name: d.served_name for d in doc.deployments}
+    return [
+        Upstream(model=served[r.deployment], deployment=r.deployment, index=r.index,
+                 node=doc.node, host=addresses[doc.node], port=r.port, spec_hash=r.spec_hash)
+        for r in doc.replicas
+        if r.nodes and r.nodes[0] == doc.node and r.role in ROUTABLE_ROLES
+        and r.state == "Ready" and r.port and r.deployment in served
+    ]
 
 
-def build_table(docs: Sequence[Mapping[str, Any]]) -> RoutingTable:
+def build_table(docs: Sequence[NodeStatus]) -> RoutingTable:
     addresses = _addresses(docs)
     ready: dict[str, dict[str, Upstream]] = {}
     known: set[str] = set()
     for doc in docs:
-        known.update(_served_names(doc).values())
+        known.update(d.served_name for d in doc.deployments)
         for up in upstreams_of(doc, addresses):
             ready.setdefault(up.model, {})[up.id] = up
     return RoutingTable(

