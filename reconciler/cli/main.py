@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 from reconciler.cli import diff, engine, gateway, lock, node, plan, validate
 from reconciler.cli.common import EXIT_INVALID, EXIT_OK, Registry
+from reconciler.core.errors import ReconcilerError
+from reconciler.core.printable import escape_controls
 
 GROUPS = (validate, plan, diff, lock, node, engine, gateway)
 
@@ -40,6 +42,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    # One clear line, never a traceback, when what a command needs is missing: its node
+    # config (ConfigError), a daemon or engine that does not answer, a file (OSError;
+    # urllib's URLError is one).
+    except ReconcilerError as exc:
+        print(f"error: {escape_controls(str(exc))}", file=sys.stderr)
+        return EXIT_INVALID
+    except OSError as exc:
+        print(f"error: {escape_controls(_os_error(exc))}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+def _os_error(exc: OSError) -> str:
+    reason = getattr(exc, "reason", None)  # URLError: why the connection failed
+    if reason is not None:
+        return f"cannot reach the daemon or engine: {reason}"
+    if exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
 
 
 if __name__ == "__main__":
