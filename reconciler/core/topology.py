@@ -21,14 +21,69 @@ class ReplicaShape:
         return self.nodes * self.gpus_per_node
 
 
+class NodeIndex:
+    """The Cluster's nodes indexed by name and by label, built once per Cluster: matching
+    every deployment against every node's labels is quadratic (1,000 nodes x 2,000
+    deployments = 8 million label comparisons per revision)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.nodes = cluster.spec.nodes
+        self.by_name: dict[str, list[int]] = {}
+        self.by_label: dict[tuple[str, str], list[int]] = {}
+        # answers per placement rule: thousands of deployments share a handful of rules
+        self._answers: dict[tuple[object, ...], list[Node]] = {}
+        for i, n in enumerate(self.nodes):
+            self.by_name.setdefault(n.name, []).append(i)
+            for label in n.labels.items():
+                self.by_label.setdefault(label, []).append(i)
+
+    def candidates(self, dep: ModelDeployment) -> list[Node]:
+        placement = dep.spec.placement
+        rule: tuple[object, ...] = (
+            (0, *sorted(set(placement.nodes)))
+            if placement.nodes is not None
+            else (1, *sorted((placement.node_selector or {}).items()))
+        )
+        answer = self._answers.get(rule)
+        if answer is None:
+            answer = self._answers[rule] = self._match(dep)
+        return list(answer)  # the caller's own copy
+
+    def _match(self, dep: ModelDeployment) -> list[Node]:
+        placement = dep.spec.placement
+        if placement.nodes is not None:
+            found = {i for name in set(placement.nodes) for i in self.by_name.get(name, ())}
+        elif not placement.node_selector:
+            return list(self.nodes)
+        else:
+            # intersect the smallest posting list with the others
+            lists = sorted(
+                (self.by_label.get(label, []) for label in placement.node_selector.items()),
+                key=len,
+            )
+            found = set(lists[0])
+            for other in lists[1:]:
+                found.intersection_update(other)
+        return [self.nodes[i] for i in sorted(found)]
+
+
+# One entry: callers ask about the same Cluster object many times in a row (every
+# deployment of a revision), and a new revision brings a new object.
+_last_index: list[tuple[Cluster, NodeIndex]] = []
+
+
+def node_index(cluster: Cluster) -> NodeIndex:
+    last = _last_index[-1] if _last_index else None
+    if last is not None and last[0] is cluster:
+        return last[1]
+    index = NodeIndex(cluster)
+    _last_index[:] = [(cluster, index)]
+    return index
+
+
 def candidate_nodes(cluster: Cluster, dep: ModelDeployment) -> list[Node]:
     """Nodes the deployment may use, in the Cluster document's order."""
-    placement = dep.spec.placement
-    if placement.nodes is not None:
-        wanted = set(placement.nodes)
-        return [n for n in cluster.spec.nodes if n.name in wanted]
-    selector = placement.node_selector or {}
-    return [n for n in cluster.spec.nodes if all(n.labels.get(k) == v for k, v in selector.items())]
+    return node_index(cluster).candidates(dep)
 
 
 def uses_gpus(cluster: Cluster, dep: ModelDeployment) -> bool:
@@ -54,7 +109,9 @@ def replica_shape(
         candidates = candidate_nodes(cluster, dep)
     if not candidates:
         return "no node matches the placement"
-    if not any(n.gpus.count > 0 for n in candidates):
+    counts = [n.gpus.count for n in candidates]  # one pass: this runs once per deployment
+    largest = max(counts)
+    if largest <= 0:
         if world == 1:
             return ReplicaShape(nodes=1, gpus_per_node=0)
         if dep.spec.executor != "mp":
@@ -69,7 +126,6 @@ def replica_shape(
                 f"{len(candidates)} matching node(s)"
             )
         return ReplicaShape(nodes=world, gpus_per_node=0)
-    largest = max(n.gpus.count for n in candidates)
     if world <= largest:
         return ReplicaShape(nodes=1, gpus_per_node=world)
     if par.tensor > largest:
@@ -79,7 +135,7 @@ def replica_shape(
         )
     per_node = max(g for g in range(par.tensor, largest + 1, par.tensor) if world % g == 0)
     nodes = world // per_node
-    eligible = sum(1 for n in candidates if n.gpus.count >= per_node)
+    eligible = sum(1 for c in counts if c >= per_node)
     if nodes > eligible:
         return (
             f"needs {nodes} nodes with {per_node} GPUs each; {eligible} matching node(s) have that"
