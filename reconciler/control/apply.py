@@ -8,7 +8,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
+from reconciler.core.backoff import BackoffPolicy
 from reconciler.core.errors import EngineStartError
+from reconciler.core.restarts import after_failure, after_ready
 from reconciler.core.vocabulary import (
     Action,
     MarkReady,
@@ -16,6 +18,7 @@ from reconciler.core.vocabulary import (
     OwnedMember,
     Plan,
     Reap,
+    ReplicaKey,
     Start,
     Stop,
 )
@@ -36,7 +39,6 @@ class ActionResult:
 @dataclass(frozen=True)
 class ApplyConfig:
     stop_grace_s: float = 30.0
-    reset_after_s: float = 600.0
 
 
 def apply(
@@ -46,7 +48,11 @@ def apply(
     now: float,
     config: ApplyConfig,
     secret_env: Callable[[], Mapping[str, str]] = dict,
+    *,
+    backoff: BackoffPolicy,
 ) -> list[ActionResult]:
+    """`backoff`: the node's policy (NodeContext.backoff), whose forgiveness rule the
+    restart records follow."""
     results: list[ActionResult] = []
     failed_stops: set[MemberKey] = set()
     for action in plan.actions:
@@ -54,9 +60,7 @@ def apply(
             processes.forget(action.member)
             inventory.remove_member(action.member)
             if action.failure:
-                inventory.record_failure(
-                    action.member.replica, now, action.reason, config.reset_after_s
-                )
+                _record_failure(inventory, action.member.replica, now, action.reason, backoff)
             log.info("reaped", extra={"member": str(action.member), "reason": action.reason})
             results.append(ActionResult(action, True))
         elif isinstance(action, Stop):
@@ -69,9 +73,7 @@ def apply(
                     # the backoff runs from when the stop completed: a long grace must not
                     # use the delay up and let the member come straight back
                     done = now + (time.monotonic() - began)
-                    inventory.record_failure(
-                        action.member.replica, done, action.reason, config.reset_after_s
-                    )
+                    _record_failure(inventory, action.member.replica, done, action.reason, backoff)
                 log.info("stopped", extra={"member": str(action.member), "reason": action.reason})
                 results.append(ActionResult(action, True))
             else:
@@ -79,11 +81,13 @@ def apply(
                 log.error("stop not confirmed", extra={"member": str(action.member)})
                 results.append(ActionResult(action, False, f"{action.member}: stop not confirmed"))
         elif isinstance(action, MarkReady):
-            inventory.record_ready(action.replica, now)
+            ready = after_ready(inventory.current.restarts.get(action.replica), now)
+            if ready is not None:
+                inventory.put_restart(action.replica, ready)
             results.append(ActionResult(action, True))
         elif isinstance(action, Start):
             results.append(
-                _start(action, processes, inventory, now, config, failed_stops, secret_env)
+                _start(action, processes, inventory, now, backoff, failed_stops, secret_env)
             )
     return results
 
@@ -93,7 +97,7 @@ def _start(
     processes: ProcessPort,
     inventory: InventoryStore,
     now: float,
-    config: ApplyConfig,
+    backoff: BackoffPolicy,
     failed_stops: set[MemberKey],
     secret_env: Callable[[], Mapping[str, str]],
 ) -> ActionResult:
@@ -110,14 +114,21 @@ def _start(
         processes.start(launch)
     except EngineStartError as exc:
         inventory.remove_member(launch.member)
-        inventory.record_failure(launch.member.replica, now, str(exc), config.reset_after_s)
+        _record_failure(inventory, launch.member.replica, now, str(exc), backoff)
         log.error("start failed", extra={"member": str(launch.member), "error": str(exc)})
         return ActionResult(action, False, str(exc))
     except OSError as exc:
         inventory.remove_member(launch.member)
         message = f"{launch.member}: cannot start {launch.argv[0]}: {exc.strerror or exc}"
-        inventory.record_failure(launch.member.replica, now, message, config.reset_after_s)
+        _record_failure(inventory, launch.member.replica, now, message, backoff)
         log.error("start failed", extra={"member": str(launch.member), "error": message})
         return ActionResult(action, False, message)
     log.info("started", extra={"member": str(launch.member), "reason": action.reason})
     return ActionResult(action, True)
+
+
+def _record_failure(
+    inventory: InventoryStore, key: ReplicaKey, at: float, reason: str, backoff: BackoffPolicy
+) -> None:
+    old = inventory.current.restarts.get(key)
+    inventory.put_restart(key, after_failure(old, at, reason, backoff))

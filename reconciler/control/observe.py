@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from reconciler.core.launch import mp_multi_node, ray_ports
+from reconciler.core.launch import mp_multi_node, replica_gcs_address
 from reconciler.core.vocabulary import (
     MemberKey,
     ObservedState,
@@ -41,13 +41,12 @@ def observe(
     if desired is not None and placement is not None:
         if peers is not None and len(desired.cluster.spec.nodes) > 1:
             peer_view = peers.replicas()
-        addresses = {n.name: n.address for n in desired.cluster.spec.nodes}
         for p in placement.on_node(node):
             if ray is None or not p.multi_node or p.ray_block is None:
                 continue
             if mp_multi_node(desired.deployments[p.key.deployment], p):
                 continue  # vLLM's own multi-node mode: no Ray
-            address = f"{addresses[p.leader]}:{ray_ports(desired.cluster, p.ray_block).gcs}"
+            address = replica_gcs_address(desired.cluster, p)
             if p.leader == node:
                 # Members are the nodes labelled with the hash of the head that runs.
                 head = procs.get(MemberKey(p.key, "ray-head"))

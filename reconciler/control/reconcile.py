@@ -15,11 +15,18 @@ from dataclasses import dataclass, field
 from reconciler.control.apply import ActionResult, ApplyConfig, apply
 from reconciler.control.observe import observe
 from reconciler.control.reconcile_id import current_reconcile_id
+from reconciler.core import lifecycle
 from reconciler.core.launch import NodeContext
-from reconciler.core.lifecycle import IllegalTransition, transition
 from reconciler.core.placement import place
 from reconciler.core.plan import plan
-from reconciler.core.vocabulary import ObservedState, Plan, ReplicaKey, ReplicaState
+from reconciler.core.vocabulary import (
+    Inventory,
+    ObservedState,
+    Plan,
+    RefusedTransition,
+    ReplicaKey,
+    ReplicaState,
+)
 from reconciler.desired.state import DesiredState
 from reconciler.ports.clock import Clock
 from reconciler.ports.gpus import GpuPort
@@ -51,6 +58,11 @@ class TickResult:
     duration_s: float
 
     @property
+    def refused_transitions(self) -> tuple[RefusedTransition, ...]:
+        """State changes the lifecycle table refused this tick (each one a bug)."""
+        return self.plan.refused
+
+    @property
     def errors(self) -> list[str]:
         return [r.error for r in self.results if not r.ok]
 
@@ -75,8 +87,11 @@ class Reconciler:
     apply_config: ApplyConfig = field(default_factory=ApplyConfig)
     secret_env: Callable[[], Mapping[str, str]] = dict
     states: dict[ReplicaKey, ReplicaState] = field(default_factory=dict)
-    illegal_transitions: int = 0
-    restarts_total: dict[str, int] = field(default_factory=dict)  # deployment -> count
+    # (from, to) -> refusals since the daemon started: reconciler_illegal_transitions_total
+    refused_transitions: dict[tuple[str, str], int] = field(default_factory=dict)
+    # deployment -> restarts since the daemon started: reconciler_engine_restarts_total.
+    # A view of the one restart counter (RestartRecord.total_restarts), not a second one.
+    restarts_total: dict[str, int] = field(default_factory=dict)
     last: TickResult | None = None
 
     def tick(self) -> TickResult:
@@ -102,7 +117,15 @@ class Reconciler:
             desired,
             placement,
         )
-        the_plan = plan(desired, observed, self.inventory.current, now, self.node)
+        the_plan = plan(
+            desired,
+            observed,
+            self.inventory.current,
+            now,
+            self.node,
+            placement=placement,
+            previous=self.states,
+        )
         for action in the_plan.actions:
             log.info(
                 "planned",
@@ -112,6 +135,7 @@ class Reconciler:
                     "reason": getattr(action, "reason", ""),
                 },
             )
+        before = self.inventory.current
         results = apply(
             the_plan,
             self.ports.processes,
@@ -119,13 +143,9 @@ class Reconciler:
             now,
             self.apply_config,
             self.secret_env,
+            backoff=self.node.backoff,
         )
-        for r in results:
-            failure = getattr(r.action, "failure", False) or not r.ok
-            member = getattr(r.action, "member", None)
-            if failure and member is not None and type(r.action).__name__ != "Start":
-                dep = member.replica.deployment
-                self.restarts_total[dep] = self.restarts_total.get(dep, 0) + 1
+        self._count_restarts(before, self.inventory.current)
         self._record_states(the_plan, reconcile_id)
         if (
             desired is not None
@@ -146,32 +166,38 @@ class Reconciler:
         self.last = result
         return result
 
-    def _record_states(self, the_plan: Plan, reconcile_id: str) -> None:
-        seen: dict[ReplicaKey, ReplicaState] = {}
-        for key, status in the_plan.replicas.items():
-            if not status.nodes:
-                seen[key] = status.state
-                continue
-            seen[key] = self._move(key, status.state, reconcile_id)
-        for key, old in self.states.items():
-            if key not in seen and old != "Stopped":
-                self._move(key, "Stopped", reconcile_id)
-        self.states = {k: v for k, v in seen.items()}
+    def _count_restarts(self, before: Inventory, after: Inventory) -> None:
+        for key, record in after.restarts.items():
+            old = before.restarts.get(key)
+            added = record.total_restarts - (old.total_restarts if old else 0)
+            if added > 0:
+                self.restarts_total[key.deployment] = (
+                    self.restarts_total.get(key.deployment, 0) + added
+                )
 
-    def _move(self, key: ReplicaKey, new: ReplicaState, reconcile_id: str) -> ReplicaState:
-        old = self.states.get(key)
-        try:
-            transition(old, new)
-        except IllegalTransition as exc:
-            # status must show what is observed; the broken edge is a bug to report
-            self.illegal_transitions += 1
+    def _record_states(self, the_plan: Plan, reconcile_id: str) -> None:
+        """plan() moved every state through the lifecycle table; record the result."""
+        for r in the_plan.refused:
+            edge = (r.old, r.new)
+            self.refused_transitions[edge] = self.refused_transitions.get(edge, 0) + 1
             log.error(
-                "illegal transition",
-                extra={"reconcile_id": reconcile_id, "replica": str(key), "error": str(exc)},
+                "illegal transition refused",
+                extra={"reconcile_id": reconcile_id, "replica": str(r.replica),
+                       "from": r.old, "to": r.new},
             )
-        if old != new:
+        states = {k: s.state for k, s in the_plan.replicas.items()}
+        for key, new in states.items():
+            old = self.states.get(key)
+            if old != new and the_plan.replicas[key].nodes:
+                log.info(
+                    "replica state",
+                    extra={"reconcile_id": reconcile_id, "replica": str(key), "from": old,
+                           "to": new},
+                )
+        for key, old in lifecycle.stopped(self.states, states):
             log.info(
                 "replica state",
-                extra={"reconcile_id": reconcile_id, "replica": str(key), "from": old, "to": new},
+                extra={"reconcile_id": reconcile_id, "replica": str(key), "from": old,
+                       "to": "Stopped"},
             )
-        return new
+        self.states = states

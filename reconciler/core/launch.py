@@ -14,12 +14,12 @@ from pathlib import PurePosixPath
 
 from reconciler.core import ray_argv as ray_commands
 from reconciler.core.backoff import BackoffPolicy
+from reconciler.core.network_env import network_env
 from reconciler.core.vocabulary import LaunchSpec, MemberKey, ReplicaPlacement
 from schemas.v1alpha1 import Cluster, ModelDeployment, Node
 
 MARKER_MEMBER = "RECONCILER_MEMBER"
 MARKER_HASH = "RECONCILER_SPEC_HASH"
-
 
 @dataclass(frozen=True)
 class NodeContext:
@@ -73,16 +73,11 @@ def _base_env(ctx: NodeContext, cluster: Cluster, dep: ModelDeployment) -> dict[
     return env
 
 
-def _network_env(cluster: Cluster, node: Node) -> dict[str, str]:
+def _cluster_network_env(cluster: Cluster, node: Node) -> dict[str, str]:
     net = cluster.spec.network
-    env = {"VLLM_HOST_IP": node.address}
-    if net.nccl_socket_ifname:
-        env["NCCL_SOCKET_IFNAME"] = net.nccl_socket_ifname
-    if net.gloo_socket_ifname:
-        env["GLOO_SOCKET_IFNAME"] = net.gloo_socket_ifname
-    if net.nccl_ib_hca:
-        env["NCCL_IB_HCA"] = net.nccl_ib_hca
-    return env
+    return network_env(
+        node.address, net.nccl_socket_ifname, net.gloo_socket_ifname, net.nccl_ib_hca
+    )
 
 
 def startup_timeout(cluster: Cluster, dep: ModelDeployment) -> float:
@@ -96,6 +91,14 @@ def ray_ports(cluster: Cluster, block: int) -> ray_commands.RayPorts:
     size = cluster.spec.ports.ray_block_size
     start = cluster.spec.ports.ray.start + block * size
     return ray_commands.ray_port_plan(start, start + size - 1)
+
+
+def replica_gcs_address(cluster: Cluster, placement: ReplicaPlacement) -> str:
+    """``ip:port`` of a Ray multi-node replica's GCS on its leader: the followers'
+    ``--address``, the driver's ``RAY_ADDRESS`` and where the reconciler asks for members."""
+    assert placement.ray_block is not None
+    leader = _node(cluster, placement.leader)
+    return ray_commands.gcs_address(leader.address, ray_ports(cluster, placement.ray_block))
 
 
 def ray_temp_dir(state_dir: str, member: MemberKey, spec_hash: str) -> str:
@@ -203,11 +206,10 @@ def engine_launch(
 
     member = MemberKey(placement.key, "engine")
     env = _base_env(ctx, cluster, dep)
-    env.update(_network_env(cluster, node))
+    env.update(_cluster_network_env(cluster, node))
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)
     if placement.multi_node and placement.ray_block is not None and not mp_multi:
-        leader = _node(cluster, placement.leader)
-        env["RAY_ADDRESS"] = f"{leader.address}:{ray_ports(cluster, placement.ray_block).gcs}"
+        env["RAY_ADDRESS"] = replica_gcs_address(cluster, placement)
     _set_derived(env, member, spec_hash)
     return LaunchSpec(
         member=member,
@@ -236,7 +238,6 @@ def ray_launch(
     """The Ray node of a multi-node replica: the head on the leader, a worker elsewhere."""
     assert placement.ray_block is not None
     node = _node(cluster, ctx.name)
-    leader = _node(cluster, placement.leader)
     ports = ray_ports(cluster, placement.ray_block)
     is_head = ctx.name == placement.leader
     member = MemberKey(placement.key, "ray-head" if is_head else "ray-worker")
@@ -261,7 +262,7 @@ def ray_launch(
         # the very same directory where test hosts share one file system).
         argv = ray_commands.ray_worker_argv(
             ctx.ray,
-            f"{leader.address}:{ports.gcs}",
+            replica_gcs_address(cluster, placement),
             node.address,
             ports,
             len(gpus),

@@ -24,6 +24,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from reconciler.core.network_env import network_env
+
 __all__ = [
     "MIN_WORKER_PORTS",
     "REPLICA_LABEL",
@@ -316,14 +318,8 @@ def ray_node_env(
         if ifname is not None and not _IFNAME.match(ifname):
             raise ValueError(f"{name} {ifname!r} is not an interface name")
     env = {k: v for k, v in base_env.items() if k not in _NODE_ENV_KEYS + _NODE_ENV_DROP}
-    env["VLLM_HOST_IP"] = node_ip
+    env.update(network_env(node_ip, nccl_ifname, gloo_ifname, nccl_ib_hca))
     env["CUDA_VISIBLE_DEVICES"] = _cuda_devices(cuda_visible_devices)
-    if nccl_ifname is not None:
-        env["NCCL_SOCKET_IFNAME"] = nccl_ifname
-    if gloo_ifname is not None:
-        env["GLOO_SOCKET_IFNAME"] = gloo_ifname
-    if nccl_ib_hca is not None:
-        env["NCCL_IB_HCA"] = nccl_ib_hca
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     return env
 
@@ -334,6 +330,6 @@ def ray_driver_env(base_env: Mapping[str, str], head_address: str, node_ip: str)
     instead of silently starting a private one, and ``VLLM_HOST_IP``."""
     env = {k: v for k, v in base_env.items() if k != "VLLM_PORT"}
     env["RAY_ADDRESS"] = head_address
-    env["VLLM_HOST_IP"] = node_ip
+    env.update(network_env(node_ip))
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     return env

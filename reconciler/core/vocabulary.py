@@ -281,12 +281,22 @@ class ReplicaStatus:
     port: int | None = None
 
 
+@dataclass(frozen=True, order=True)
+class RefusedTransition:
+    """A state change the lifecycle table refused: the replica stayed `old`, not `new`."""
+
+    replica: ReplicaKey
+    old: ReplicaState
+    new: ReplicaState
+
+
 @dataclass(frozen=True)
 class Plan:
     actions: tuple[Action, ...]
     replicas: Mapping[ReplicaKey, ReplicaStatus]
     placement: Placement
     notes: tuple[str, ...] = ()  # node-level findings, e.g. GPU drift
+    refused: tuple[RefusedTransition, ...] = ()  # state changes the lifecycle kept back
 
     @property
     def empty(self) -> bool:

@@ -101,7 +101,8 @@ class Metrics:
         )
         self.illegal_transitions = Counter(
             "reconciler_illegal_transitions",
-            "Replica state changes outside the lifecycle table (a bug to report).", registry=r,
+            "Replica state changes the lifecycle table refused, by edge (a bug to report).",
+            ["from", "to"], registry=r,
         )
         for result in ("success", "error"):
             self.reconcile_total.labels(result)
@@ -116,7 +117,7 @@ class Metrics:
         self._attempted: str | None = None
         self._deployments: set[str] = set()
         self._restarts_seen: dict[str, int] = {}
-        self._illegal_seen = 0
+        self._illegal_seen: dict[tuple[str, str], int] = {}
 
     # --- updates (called by the reconcile worker) ----------------------------------------
 
@@ -178,10 +179,13 @@ class Metrics:
                 self.engine_restarts.labels(dep).inc(delta)
             self._restarts_seen[dep] = total
 
-    def illegal(self, total: int) -> None:
-        if total > self._illegal_seen:
-            self.illegal_transitions.inc(total - self._illegal_seen)
-        self._illegal_seen = total
+    def illegal(self, totals: Mapping[tuple[str, str], int]) -> None:
+        """`totals`: refused state changes since start, by (from, to) state."""
+        for (old, new), total in totals.items():
+            delta = total - self._illegal_seen.get((old, new), 0)
+            if delta > 0:
+                self.illegal_transitions.labels(old, new).inc(delta)
+            self._illegal_seen[(old, new)] = total
 
     def gpu_counts(self, counts: Mapping[str, int], simulated: bool) -> None:
         for state in GPU_STATES:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 
 from reconciler.daemon.conditions import Conditions, is_stalled
 from reconciler.daemon.gpu_account import gpu_account
@@ -34,7 +35,7 @@ class Publisher:
             return self._status
 
     def publish(self, snap: Snapshot, *, restarts_total: dict[str, int],
-                illegal_transitions: int) -> NodeStatus:
+                illegal_transitions: Mapping[tuple[str, str], int]) -> NodeStatus:
         status = build_status(snap, self._conditions)
         m = self.metrics
         m.revisions(snap.attempted.revision if snap.attempted else None, snap.applied)

@@ -35,6 +35,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
+from reconciler.core.errors import TemporaryError
 from reconciler.core.vocabulary import GpuInventory, GpuObservation
 from schemas.nodeconfig import SimulatedGpus
 
@@ -89,7 +90,7 @@ def _cuda_version(raw: int) -> str:
     return f"{raw // 1000}.{(raw % 1000) // 10}"
 
 
-class _NvmlBroken(Exception):
+class _NvmlBroken(TemporaryError):
     """NVML as a whole stopped working; the observation is abandoned and NVML re-initialised."""
 
 

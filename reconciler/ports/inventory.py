@@ -106,26 +106,12 @@ class InventoryStore:
         del members[member]
         self.save(replace(self.current, members=members))
 
-    def record_failure(
-        self, key: ReplicaKey, now: float, reason: str, reset_after_s: float
-    ) -> RestartRecord:
-        old = self.current.restarts.get(key, RestartRecord())
-        forgiven = old.ready_since is not None and now - old.ready_since >= reset_after_s
-        new = RestartRecord(
-            failures=1 if forgiven else old.failures + 1,
-            last_failure_at=now,
-            ready_since=None,
-            total_restarts=old.total_restarts + 1,
-            last_reason=reason,
-        )
-        self._put_restart(key, new)
-        return new
-
-    def record_ready(self, key: ReplicaKey, now: float) -> None:
-        old = self.current.restarts.get(key, RestartRecord())
-        if old.ready_since is not None:
-            return
-        self._put_restart(key, replace(old, ready_since=now))
+    def put_restart(self, key: ReplicaKey, record: RestartRecord) -> None:
+        """Persist a replica's restart record as given: the rules that compute it
+        (failures, forgiveness, readiness) live in reconciler.core.restarts."""
+        restarts = dict(self.current.restarts)
+        restarts[key] = record
+        self.save(replace(self.current, restarts=restarts))
 
     def forget_replica(self, key: ReplicaKey) -> None:
         if key in self.current.restarts:
@@ -159,8 +145,3 @@ class InventoryStore:
             log.warning("clock went back: restart times clamped to now",
                         extra={"replicas": [str(k) for k in changed]})
         return list(changed)
-
-    def _put_restart(self, key: ReplicaKey, record: RestartRecord) -> None:
-        restarts = dict(self.current.restarts)
-        restarts[key] = record
-        self.save(replace(self.current, restarts=restarts))

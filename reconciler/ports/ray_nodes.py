@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from reconciler.core.errors import TemporaryError
 from reconciler.core.ray_argv import SPEC_HASH_LABEL
 from reconciler.core.vocabulary import RayView
 
@@ -97,8 +98,10 @@ print(json.dumps({
 """
 
 
-class RayQueryError(RuntimeError):
+class RayQueryError(TemporaryError):
     """The head could not be asked (unreachable, timed out, or unreadable answer)."""
+
+    reason = "RayQueryFailed"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.core.errors import EngineStartError
+from reconciler.core.errors import EngineStartError, EngineStartFailed, EngineStartRefused
 from reconciler.core.vocabulary import Health, LaunchSpec, MemberKey, ProcessObservation
 from reconciler.ports.clock import Clock, SystemClock
 
@@ -89,16 +89,14 @@ class FakeProcessPort:
                 raise error
             old = self.host.processes.get(member)
             if old is not None and old.running:
-                raise EngineStartError(
-                    f"{member} is already running as pid {old.pid}", retryable=False
-                )
+                raise EngineStartRefused(f"{member} is already running as pid {old.pid}")
             if launch.port in self.host.strangers:
-                raise EngineStartError(
+                raise EngineStartFailed(
                     f"{member}: port {launch.port} is taken by {self.host.strangers[launch.port]}"
                 )
             for other in self.host.processes.values():
                 if other.running and other.launch.port == launch.port:
-                    raise EngineStartError(
+                    raise EngineStartFailed(
                         f"{member}: port {launch.port} is taken by pid {other.pid} "
                         f"({other.launch.member})"
                     )

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from reconciler.core.errors import EngineStartError
+from reconciler.core.errors import EngineStartFailed, EngineStartRefused
 from reconciler.core.vocabulary import LaunchSpec, MemberKey, ProcessObservation
 from reconciler.ports.clock import Clock, SystemClock
 from reconciler.ports.crashpoints import crash_point
@@ -144,7 +144,7 @@ class LocalProcessPort(MemberThreads):
 
     def start(self, launch: LaunchSpec) -> ProcessObservation:
         if self._closed:
-            raise EngineStartError("the process port is closed", retryable=False)
+            raise EngineStartRefused("the process port is closed")
         member = launch.member
         self._refresh()
         with self._lock:
@@ -152,17 +152,17 @@ class LocalProcessPort(MemberThreads):
             if old is not None:
                 self._check_exit(old)
                 if not old.exited:
-                    raise EngineStartError(
-                        f"{member} is already running as pid {old.record.pid}", retryable=False
+                    raise EngineStartRefused(
+                        f"{member} is already running as pid {old.record.pid}"
                     )
         if old is not None:
             self.forget(member)
         if not launch.argv:
-            raise EngineStartError(f"{member}: empty command line", retryable=False)
+            raise EngineStartRefused(f"{member}: empty command line")
         # port 0: a member that serves nothing (a headless mp follower rank)
         taken = check_port_free(launch.host, launch.port) if launch.port else None
         if taken is not None:
-            raise EngineStartError(f"{member}: {taken}")
+            raise EngineStartFailed(f"{member}: {taken}")
 
         env = child_env(launch, self.base_env, self._state_marker)
         popen = spawn(launch, env, self.log_path(member), self.state_dir)
@@ -191,7 +191,7 @@ class LocalProcessPort(MemberThreads):
             except OSError as exc:
                 signal_group(popen.pid, signal.SIGKILL)
                 popen.wait()
-                raise EngineStartError(f"{member}: cannot write its state file: {exc}") from exc
+                raise EngineStartFailed(f"{member}: cannot write its state file: {exc}") from exc
             previous = self._tracked.get(member)
             if previous is not None:
                 previous.halt.set()

@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from reconciler.core.errors import EngineStartError
+from reconciler.core.errors import EngineStartRefused
 from reconciler.core.vocabulary import LaunchSpec
 from reconciler.ports.processes.log_rotation import HEADER_PREFIX
 from reconciler.ports.processes.proc import (
@@ -67,9 +67,8 @@ def spawn(
             close_fds=True,
         )
     except OSError as exc:  # executable missing, not executable, ...
-        raise EngineStartError(
-            f"{launch.member}: cannot run {launch.argv[0]!r}: {exc.strerror or exc}",
-            retryable=False,
+        raise EngineStartRefused(
+            f"{launch.member}: cannot run {launch.argv[0]!r}: {exc.strerror or exc}"
         ) from exc
     finally:
         os.close(log_fd)
