@@ -18,7 +18,11 @@ from reconciler.desired.yaml_positions import Document, FieldPath, read_document
 from schemas.v1alpha1 import API_VERSION, KINDS, LOCK_FILE, Cluster, ModelDeployment
 
 SKIP_DIRS = {".git", ".github", ".gitea", ".forgejo", "node_modules"}
-MAX_FILES = 2000
+# Every node reads and parses every YAML file of a revision, on every new revision: the
+# limit keeps a path that holds more than desired state (a vendored tree, generated
+# files) from costing each node minutes and gigabytes. One file per deployment at
+# 10,000 deployments still fits. Node config `source.maxFiles`, CLI `--max-files`.
+MAX_FILES = 10_000
 
 
 def yaml_files(root: Path) -> list[Path]:
@@ -32,8 +36,8 @@ def yaml_files(root: Path) -> list[Path]:
         # the export leaves out symlinks and submodules: so does this, so that validate
         # and the daemon read the same files (validation reports what it skipped)
         if path.suffix in (".yaml", ".yml") and path.is_file() and not path.is_symlink():
-            if path.name == LOCK_FILE and len(rel) == 1:
-                continue  # the placement lock is read by desired.placement_lock
+            if path.name == LOCK_FILE:
+                continue  # read by desired.placement_lock (validation flags misplaced ones)
             if any((root / Path(*rel[:i]) / ".git").exists() for i in range(1, len(rel))):
                 continue
             found.append(path)
@@ -114,8 +118,25 @@ def _kind_of(value: Any) -> str:
     return "a list" if isinstance(value, list) else f"a {type(value).__name__} value"
 
 
-def load_directory(root: Path, revision: str = "local") -> DesiredState:
-    """Load and validate everything under `root`; raise InvalidDesiredState listing all problems."""
+def too_many_files(root: Path, count: int, limit: int) -> Problem:
+    return Problem(
+        str(root),
+        1,
+        1,
+        "",
+        f"{count} YAML files; the limit is {limit}. It keeps a folder that holds more than "
+        "desired state (vendored or generated files) from costing every node the time and "
+        "memory of parsing it on each revision. Point the source at the cluster's folder, "
+        "or raise the limit: node config source.maxFiles, or --max-files",
+    )
+
+
+def load_directory(
+    root: Path, revision: str = "local", max_files: int | None = None
+) -> DesiredState:
+    """Load and validate everything under `root`; raise InvalidDesiredState listing all problems.
+
+    `max_files`: refuse more YAML files than this (default MAX_FILES)."""
     from reconciler.desired.cross_checks import cross_check
 
     if not root.exists():
@@ -123,10 +144,9 @@ def load_directory(root: Path, revision: str = "local") -> DesiredState:
     files = yaml_files(root)
     if not files:
         raise InvalidDesiredState([Problem(str(root), 1, 1, "", "no .yaml or .yml files found")])
-    if len(files) > MAX_FILES:
-        raise InvalidDesiredState(
-            [Problem(str(root), 1, 1, "", f"{len(files)} YAML files; the limit is {MAX_FILES}")]
-        )
+    limit = MAX_FILES if max_files is None else max_files
+    if len(files) > limit:
+        raise InvalidDesiredState([too_many_files(root, len(files), limit)])
     kinds_seen: set[str] = set()
     parsed, problems = parse_documents(files, kinds_seen)
     clusters = [(d, m) for d, m in parsed if isinstance(m, Cluster)]

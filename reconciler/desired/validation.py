@@ -21,6 +21,7 @@ from reconciler.desired.fit import FitRow, check_fit
 from reconciler.desired.loader import SKIP_DIRS, load_directory
 from reconciler.desired.placement_lock import read_lock
 from reconciler.desired.state import DesiredState
+from schemas.v1alpha1 import LOCK_FILE
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -39,10 +40,10 @@ class Verdict:
         return self.state is not None
 
 
-def check_revision(root: Path, revision: str = "local") -> Verdict:
+def check_revision(root: Path, revision: str = "local", max_files: int | None = None) -> Verdict:
     problems = file_problems(root)
     try:
-        state = load_directory(root, revision=revision)
+        state = load_directory(root, revision=revision, max_files=max_files)
     except InvalidDesiredState as exc:
         return Verdict(None, _clean(problems + list(exc.problems)))
     lock, lock_problems = read_lock(root)
@@ -78,9 +79,11 @@ def check_revision(root: Path, revision: str = "local") -> Verdict:
     )
 
 
-def validate_revision(root: Path, revision: str = "local") -> DesiredState:
+def validate_revision(
+    root: Path, revision: str = "local", max_files: int | None = None
+) -> DesiredState:
     """The validated state of the revision under `root`; InvalidDesiredState otherwise."""
-    verdict = check_revision(root, revision)
+    verdict = check_revision(root, revision, max_files)
     if verdict.state is None:
         raise InvalidDesiredState(list(verdict.problems))
     return verdict.state
@@ -124,6 +127,12 @@ def file_problems(root: Path) -> list[Problem]:
                     Problem(str(path), 1, 1, "", f"a symbolic link (to {os.readlink(path)}): "
                             "the daemon's git export leaves symlinks out; commit the file "
                             "itself")
+                )
+                continue
+            if name == LOCK_FILE and rel:
+                problems.append(
+                    Problem(str(path), 1, 1, "", "a placement lock below the cluster "
+                            f"directory is not read; keep {LOCK_FILE} at its top")
                 )
                 continue
             suffix = Path(name).suffix
