@@ -7,6 +7,7 @@ Here each document becomes plain Python data plus a map from field path to
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,8 @@ class _Walker:
         return [self.walk(item, (*path, i)) for i, item in enumerate(node.value)]
 
     def _scalar(self, node: ScalarNode, path: FieldPath) -> Any:
+        if node.tag == _STR_TAG:
+            return node.value  # what SafeConstructor makes of a string, minus its bookkeeping
         try:
             return self.constructor.construct_object(node, deep=True)
         except yaml.MarkedYAMLError as exc:
@@ -144,6 +147,9 @@ class _Walker:
         )
 
 
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
 class _TooLarge(PermanentError):
     """A document too large to load; reported as a Problem, never raised further."""
 
@@ -157,6 +163,51 @@ def _line_col(text: str, offset: int) -> tuple[int, int]:
     line = text.count("\n", 0, offset) + 1
     col = offset - (text.rfind("\n", 0, offset) + 1) + 1
     return line, col
+
+
+# libyaml (when PyYAML was built with it) composes ~20x faster than PyYAML's pure-Python
+# scanner. Its error messages and a few acceptance rules differ, so it is used only for
+# text that both accept: any libyaml error, and any character the pure reader refuses,
+# sends the file through the pure-Python path, which then words the problem as always.
+# libyaml caps nesting at 1,000 levels, so its recursive composer cannot exhaust the stack.
+_CBase: type[Any] | None = getattr(yaml, "CSafeLoader", None)
+_RESOLVED: dict[tuple[Any, ...], str] = {}  # (kind, value, implicit) -> tag
+
+
+class _MemoResolver:
+    """The safe resolver's answer is a pure function of (kind, value, implicit) (no path
+    resolvers are registered), and keys and values repeat across documents: ask once."""
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
+        key = (kind, value, implicit)
+        tag = _RESOLVED.get(key)
+        if tag is None:
+            tag = super().resolve(kind, value, implicit)  # type: ignore[misc]
+            if len(_RESOLVED) > 100_000:
+                _RESOLVED.clear()
+            if isinstance(value, str) and len(value) < 256:
+                _RESOLVED[key] = tag
+        return tag
+
+
+_CLoader: type[Any] | None = (
+    type("_MemoCSafeLoader", (_MemoResolver, _CBase), {}) if _CBase is not None else None
+)
+_NON_PRINTABLE = yaml.reader.Reader.NON_PRINTABLE
+# Where the two disagree on what is valid (found by tests/unit/test_yaml_fast_path.py):
+# tabs (libyaml allows more of them), byte order marks, the line breaks of YAML 1.1
+# beyond \r and \n (NEL, LS, PS), tags (`!`: libyaml reads some PyYAML refuses), and a
+# comment right after a block scalar's header (`|#`). A false alarm costs only speed.
+_PURE_ONLY = re.compile("[\t\ufeff\x85\u2028\u2029]|(?:^|[\\s\\[\\]{},:?-])!|[|>][-+0-9]*#")
+
+
+def _compose_fast(text: str) -> list[Node] | None:
+    if _CLoader is None or _NON_PRINTABLE.search(text) or _PURE_ONLY.search(text):
+        return None
+    try:
+        return list(yaml.compose_all(text, Loader=_CLoader))
+    except Exception:
+        return None
 
 
 def read_documents(file: Path) -> tuple[list[Document], list[Problem]]:
@@ -184,8 +235,10 @@ def read_documents(file: Path) -> tuple[list[Document], list[Problem]]:
 
     docs: list[Document] = []
     problems: list[Problem] = []
+    composed = _compose_fast(text)
+    stream = composed if composed is not None else yaml.compose_all(text, Loader=yaml.SafeLoader)
     try:
-        for index, node in enumerate(yaml.compose_all(text, Loader=yaml.SafeLoader)):
+        for index, node in enumerate(stream):
             if node is None:
                 continue
             doc = Document(file=file, index=index, data=None)
