@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from reconciler.cli.node_view import DEFAULT_CONFIG, config_for, node_view
 from reconciler.cli.show import member_json, member_lines
 from reconciler.core.converged import ConvergedMember, node_members, replica_steps
 from reconciler.core.launch import NodeContext
@@ -26,47 +27,17 @@ from reconciler.core.placement import place
 from reconciler.core.plan import plan
 from reconciler.core.printable import escape_controls
 from reconciler.core.vocabulary import (
-    GpuInventory,
-    GpuObservation,
-    Inventory,
     MarkReady,
     ObservedState,
     Placement,
     Plan,
-    ProcessObservation,
     Reap,
     Start,
     Stop,
 )
 from reconciler.desired.state import DesiredState
-from reconciler.ports.inventory import InventoryStore
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def declared_gpus(desired: DesiredState, node: str) -> GpuInventory:
-    decl = next(n for n in desired.cluster.spec.nodes if n.name == node)
-    gpus = tuple(
-        GpuObservation(
-            index=i,
-            uuid=f"declared-{node}-{i}",
-            name=decl.gpus.model or "GPU",
-            memory_total_mib=int(decl.gpus.memory_gib * 1024),
-        )
-        for i in range(decl.gpus.count)
-    )
-    return GpuInventory(gpus=gpus, available=True, simulated=True)
-
-
-def read_state_dir(state_dir: Path) -> tuple[Inventory, list[ProcessObservation]]:
-    from reconciler.ports.processes import read_state_files
-
-    inventory = (
-        InventoryStore(state_dir).current
-        if (state_dir / "inventory.json").exists()
-        else Inventory()
-    )
-    return inventory, read_state_files(state_dir)
 
 
 def member_status(m: ConvergedMember, observed: ObservedState) -> str:
@@ -112,7 +83,7 @@ def render_node(
     lines.append("  next tick from the given state:")
     lines += render_actions(p)
     for key, s in p.replicas.items():
-        if s.state == "Pending" and not s.nodes:
+        if s.state == "Pending":
             lines.append(f"  replica {key}: {escape_controls(s.reason)}")
     for note in p.notes:
         lines.append(f"  note: {escape_controls(note)}")
@@ -136,6 +107,7 @@ def render_placement(placement: Placement) -> str:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from reconciler.cli.common import EXIT_CHANGES, EXIT_INVALID, EXIT_OK, load_or_report
+    from reconciler.desired.node_config import InvalidNodeConfig
 
     desired = load_or_report(Path(args.repo))
     if desired is None:
@@ -156,17 +128,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(render_placement(placement))
         print()
     now = args.now if args.now is not None else time.time()
+    # On the node itself (its node config names it) plan sees what the daemon sees: NVML
+    # or the simulated GPUs, managedGpus, its state dir, foreign processes. Elsewhere the
+    # GPUs are the Cluster's declaration. The output says which.
+    try:
+        config, where = (None, "--all-nodes") if args.all_nodes else config_for(
+            args.node, Path(args.config) if args.config else None)
+    except InvalidNodeConfig as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     for node in nodes:
-        inventory = Inventory()
-        processes: list[ProcessObservation] = []
-        if args.state_dir and not args.all_nodes:
-            inventory, processes = read_state_dir(Path(args.state_dir))
-        observed = ObservedState(
-            node=node,
-            gpus=declared_gpus(desired, node),
-            processes={p.member: p for p in processes},
-        )
-        ctx = NodeContext(name=node, python=args.engine_python, ray=args.engine_ray)
+        state_dir = Path(args.state_dir) if args.state_dir and not args.all_nodes else None
+        view = node_view(desired, node, config, where, state_dir)
+        inventory, observed = view.inventory, view.observed
+        ctx = view.ctx or NodeContext(name=node, python=args.engine_python, ray=args.engine_ray)
         p = plan(desired, observed, inventory, now, ctx, placement=placement)
         members = [(m, member_status(m, observed)) for m in node_members(desired, placement, ctx)]
         seen: set[str] = set()
@@ -182,6 +157,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 {
                     "node": node,
                     "revision": desired.revision,
+                    "observed": view.source,
                     "changes": node_changes,
                     "members": [member_json(m, s) for m, s in members],
                     "steps": steps,
@@ -194,6 +170,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 }
             )
         else:
+            print(f"node {node}: {escape_controls(view.source)}")
             print(render_node(node, desired, members, steps, p, node_changes))
     if args.format == "json":
         print(json.dumps(out, indent=2))
@@ -225,6 +202,11 @@ def register(sub: Any, handlers: dict[str, Handler]) -> None:
     group.add_argument("--node", help="the node to plan for")
     group.add_argument("--all-nodes", action="store_true", help="every node, plus placement")
     p.add_argument("--state-dir", help="read what the node runs from this state dir")
+    p.add_argument(
+        "--config",
+        help=f"this host's node config (default {DEFAULT_CONFIG} if present): when it names "
+        "--node, plan reads the GPUs (NVML) and the state dir as that node's daemon does",
+    )
     p.add_argument("--engine-python", default="python3", help="engine venv's python")
     p.add_argument("--engine-ray", default="ray", help="engine venv's ray")
     p.add_argument("--now", type=float, default=None, help=argparse.SUPPRESS)
