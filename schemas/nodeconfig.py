@@ -42,6 +42,16 @@ class SourceConfig(Strict):
     allow_non_fast_forward: bool = Field(
         default=False, description="a force-push back can replay an old signed state"
     )
+    max_files: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "refuse a revision with more YAML files under path: every node parses every "
+            "file on each revision, so a folder of vendored or generated files would cost "
+            "each node that time and memory"
+        ),
+    )
 
 
 class ListenConfig(Strict):

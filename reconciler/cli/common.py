@@ -33,14 +33,22 @@ def cluster_roots(path: Path) -> list[Path]:
     return [path]
 
 
+def add_max_files(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-files", type=int, default=None, metavar="N",
+        help="refuse a repo with more YAML files than this (default: the node config's "
+        "default, 10,000); every node parses every file of each revision",
+    )
+
+
 def print_problems(problems: Sequence[Problem]) -> None:
     for p in problems:
         print(f"error: {p}", file=sys.stderr)
 
 
-def load_or_report(path: Path) -> DesiredState | None:
+def load_or_report(path: Path, max_files: int | None = None) -> DesiredState | None:
     try:
-        return validate_revision(path)
+        return validate_revision(path, max_files=max_files)
     except InvalidDesiredState as exc:
         print_problems(exc.problems)
         return None

@@ -336,7 +336,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         record = config.state_dir / "source.json"
         if record.is_file():
             shutil.copyfile(record, Path(tmp) / "source.json")
-        sync = SourceSync(source, Path(tmp))
+        sync = SourceSync(source, Path(tmp), config.source.max_files)
         try:
             sync.sync(0.0)
         except SourceError as exc:  # pragma: no cover - sync catches its own

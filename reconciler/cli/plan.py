@@ -109,7 +109,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from reconciler.cli.common import EXIT_CHANGES, EXIT_INVALID, EXIT_OK, load_or_report
     from reconciler.desired.node_config import InvalidNodeConfig
 
-    desired = load_or_report(Path(args.repo))
+    desired = load_or_report(Path(args.repo), args.max_files)
     if desired is None:
         return EXIT_INVALID
     names = [n.name for n in desired.cluster.spec.nodes]
@@ -207,6 +207,9 @@ def register(sub: Any, handlers: dict[str, Handler]) -> None:
         help=f"this host's node config (default {DEFAULT_CONFIG} if present): when it names "
         "--node, plan reads the GPUs (NVML) and the state dir as that node's daemon does",
     )
+    from reconciler.cli.common import add_max_files
+
+    add_max_files(p)
     p.add_argument("--engine-python", default="python3", help="engine venv's python")
     p.add_argument("--engine-ray", default="ray", help="engine venv's ray")
     p.add_argument("--now", type=float, default=None, help=argparse.SUPPRESS)

@@ -12,6 +12,7 @@ from reconciler.cli.common import (
     EXIT_INVALID,
     EXIT_OK,
     Registry,
+    add_max_files,
     cluster_roots,
     print_problems,
 )
@@ -23,7 +24,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     status = EXIT_OK
     reports = []
     for root in cluster_roots(Path(args.path)):
-        verdict = check_revision(root)
+        verdict = check_revision(root, max_files=args.max_files)
         rows = list(verdict.fit)
         if args.format == "json":
             reports.append(
@@ -80,6 +81,7 @@ def register(sub: Any, handlers: Registry) -> None:
     p = sub.add_parser("validate", help="check a cluster repo: schema, cross-checks, model fit")
     p.add_argument("path", help="cluster directory, or a repo with clusters/<name>/ folders")
     p.add_argument("--format", choices=["table", "json"], default="table")
+    add_max_files(p)
     handlers["validate"] = cmd_validate
 
     p = sub.add_parser("schema", help="print the JSON Schema of the documents")

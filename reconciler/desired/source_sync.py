@@ -34,8 +34,11 @@ class SourceFailure:
 class SourceSync:
     """Owns the answer to "what is desired now". Persists the last good revision."""
 
-    def __init__(self, source: GitSource, state_dir: Path) -> None:
+    def __init__(
+        self, source: GitSource, state_dir: Path, max_files: int | None = None
+    ) -> None:
         self.source = source
+        self.max_files = max_files  # None: the loader's default
         self.record = state_dir / "source.json"
         self.fetched: CommitInfo | None = None
         self.attempted: CommitInfo | None = None
@@ -54,7 +57,7 @@ class SourceSync:
             return
         try:
             path = self.source.export(info.revision)
-            self.desired = validate_revision(path, revision=info.revision)
+            self.desired = validate_revision(path, revision=info.revision, max_files=self.max_files)
             self.good = info
             log.info("restored last good revision", extra={"revision": info.revision})
         except (SourceError, InvalidDesiredState) as exc:
@@ -90,7 +93,7 @@ class SourceSync:
                 head.revision, last_accepted=self.good.revision if self.good else None
             )
             path = self.source.export(head.revision)
-            desired = validate_revision(path, revision=head.revision)
+            desired = validate_revision(path, revision=head.revision, max_files=self.max_files)
         except SourceError as exc:
             self.failure = SourceFailure(exc.reason, exc.message, head.revision, exc.retryable)
             log.error(
