@@ -247,20 +247,8 @@ def _running_status(
     key = w.member.replica
     if w.member.role == "engine" and w.mp_multi and w.placement.leader != node.name:
         # a headless follower rank: the leader's engine decides the replica's state
-        peer = observed.peers.get(key)
-        if peer is not None and peer.ready and peer.spec_hash == w.spec_hash:
-            restarts.mark_ready(work, key, inventory)
-            work.statuses[key] = status(w, "Ready", "serving (led by the leader)", node.name, proc)
-        elif peer is None:
-            work.statuses[key] = status(
-                w, "Starting", f"engine rank running; leader {w.placement.leader} unreachable",
-                node.name, proc,
-            )
-        else:
-            work.statuses[key] = status(
-                w, "Starting", "engine rank running; waiting for the leader's engine",
-                node.name, proc,
-            )
+        _led_status(work, w, proc, observed, node.name, inventory, "engine rank running",
+                    "engine rank running")
         return
     if w.member.role == "engine":
         if proc.health == "ready":
@@ -275,21 +263,36 @@ def _running_status(
         return
     # a Ray member: the engine (on the leader) decides the replica's state; a follower
     # reports what the leader says
-    if key in work.statuses:
-        return
+    if w.member.role == "ray-worker" and key not in work.statuses:
+        _led_status(work, w, proc, observed, node.name, None, "Ray worker running",
+                    "Ray worker joined")
+
+
+def _led_status(
+    work: PlanWork,
+    w: Wanted,
+    proc: ProcessObservation,
+    observed: ObservedState,
+    node: str,
+    inventory: Inventory | None,
+    running: str,
+    joined: str,
+) -> None:
+    """A follower's member runs: the replica is what its leader says. With `inventory`
+    (an mp engine rank) readiness also starts this node's forgiveness clock; a Ray worker
+    never recorded it."""
+    key = w.member.replica
     peer = observed.peers.get(key)
-    if w.member.role == "ray-worker":
-        if peer is not None and peer.ready and peer.spec_hash == w.spec_hash:
-            work.statuses[key] = status(w, "Ready", "serving (led by the leader)", node.name, proc)
-        elif peer is None:
-            work.statuses[key] = status(
-                w, "Starting", f"Ray worker running; leader {w.placement.leader} unreachable",
-                node.name, proc,
-            )
-        else:
-            work.statuses[key] = status(
-                w, "Starting", "Ray worker joined; waiting for the leader's engine", node.name, proc
-            )
+    if peer is not None and peer.ready and peer.spec_hash == w.spec_hash:
+        if inventory is not None:
+            restarts.mark_ready(work, key, inventory)
+        work.statuses[key] = status(w, "Ready", "serving (led by the leader)", node, proc)
+    elif peer is None:
+        reason = f"{running}; leader {w.placement.leader} unreachable"
+        work.statuses[key] = status(w, "Starting", reason, node, proc)
+    else:
+        reason = f"{joined}; waiting for the leader's engine"
+        work.statuses[key] = status(w, "Starting", reason, node, proc)
 
 
 def _drift_notes(desired: Desired, observed: ObservedState, node: str) -> list[str]:
