@@ -28,21 +28,20 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 
 from reconciler.core.topology import ReplicaShape, candidate_nodes, replica_port, replica_shape
-from reconciler.core.vocabulary import Desired, Placement, ReplicaKey, ReplicaPlacement
+from reconciler.core.vocabulary import (
+    Desired,
+    LockedPlacement,
+    Placement,
+    ReplicaKey,
+    ReplicaPlacement,
+)
 from schemas.v1alpha1 import ModelDeployment, Node
 
 MAX_GPUS = 64  # per node, as the schema allows
 
 
-@dataclass(frozen=True)
-class LockedPlacement:
-    """One replica's entry in the placement lock: its nodes (leader first), Ray block."""
-
-    nodes: tuple[str, ...]
-    ray_block: int | None = None
 
 
 def _hash(*parts: str) -> int:
@@ -176,7 +175,7 @@ def place(state: Desired) -> Placement:
     used_blocks: set[int] = set()
     placed: dict[ReplicaKey, ReplicaPlacement] = {}
     unschedulable: dict[ReplicaKey, str] = {}
-    lock: Mapping[ReplicaKey, LockedPlacement] = getattr(state, "placement_lock", None) or {}
+    lock: Mapping[ReplicaKey, LockedPlacement] = state.placement_lock
     held_by: dict[str, set[str]] = {}  # deployment -> nodes its locked replicas hold
     for key in sorted(lock):
         kept = _keep_locked(placer, state, key, lock[key], ray_blocks, used_blocks)

@@ -28,6 +28,19 @@ class Desired(Protocol):
     @property
     def deployments(self) -> Mapping[str, ModelDeployment]: ...
 
+    @property
+    def placement_lock(self) -> Mapping[ReplicaKey, LockedPlacement]:
+        """placement.lock.yaml of the revision: where replicas stay while valid."""
+        ...
+
+
+@dataclass(frozen=True)
+class LockedPlacement:
+    """One replica's entry in the placement lock: its nodes (leader first), Ray block."""
+
+    nodes: tuple[str, ...]
+    ray_block: int | None = None
+
 
 @dataclass(frozen=True, order=True)
 class ReplicaKey:

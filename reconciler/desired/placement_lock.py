@@ -14,8 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from reconciler.core.errors import Problem
-from reconciler.core.placement import LockedPlacement
-from reconciler.core.vocabulary import Placement, ReplicaKey
+from reconciler.core.vocabulary import LockedPlacement, Placement, ReplicaKey
 from reconciler.desired.loader import _validation_problems
 from reconciler.desired.yaml_positions import read_documents
 from schemas.v1alpha1 import API_VERSION, LOCK_FILE, PlacementLock

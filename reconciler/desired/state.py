@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from reconciler.core.placement import LockedPlacement
-from reconciler.core.vocabulary import ReplicaKey
+from reconciler.core.vocabulary import LockedPlacement, ReplicaKey
 from schemas.v1alpha1 import Cluster, ModelDeployment
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli.main import main
-from reconciler.core.placement import LockedPlacement, place
-from reconciler.core.vocabulary import ReplicaKey
+from reconciler.core.placement import place
+from reconciler.core.vocabulary import LockedPlacement, ReplicaKey
 from reconciler.desired.validation import validate_revision
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
