@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 from reconciler.cli.common import EXIT_INVALID, EXIT_OK, Handler
 from reconciler.desired.node_config import InvalidNodeConfig, load_node_config, read_secret
 from reconciler.ports.git_source import CommitInfo, SourceError
-from reconciler.ports.peers import fetch_status
+from reconciler.ports.peer_fanout import ask_all
+from reconciler.ports.peers import PeerAddress, fetch_status
 from schemas.nodeconfig import NodeConfig
 
 __all__ = ["load_node_config", "register", "render_text"]  # load_node_config: for cli_engine
@@ -49,7 +50,11 @@ def register(sub: Any, handlers: dict[str, Handler]) -> None:
     p.add_argument("--cluster", action="store_true",
                    help="ask every node of the Cluster document at address:statusPort")
     p.add_argument("--format", choices=["text", "json"], default="text")
-    p.add_argument("--timeout", type=float, default=3.0)
+    p.add_argument("--timeout", type=float, default=3.0, help="for the node asked first")
+    p.add_argument("--peer-timeout", type=float, default=1.0, metavar="S",
+                   help="--cluster: give each other node this long to answer")
+    p.add_argument("--concurrency", type=int, default=32, metavar="N",
+                   help="--cluster: ask at most this many nodes at once")
     handlers["status"] = cmd_status
 
     p = sub.add_parser("sync", help="one fetch + verify + load; print the revisions")
@@ -273,16 +278,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     nodes: list[tuple[str, str, dict[str, Any] | None, str]] = []
     if args.cluster and local.get("cluster"):
-        for n in local["cluster"]["nodes"]:
+        listed = local["cluster"]["nodes"]
+        others = [PeerAddress(n["name"], n["address"], int(n["statusPort"]))
+                  for n in listed if n["name"] != local.get("node")]
+        # all at once, each within --peer-timeout: down nodes cost one timeout, not one each
+        answers = {a.peer.name: a for a in ask_all(
+            others, fetch_status, timeout_s=args.peer_timeout, concurrency=args.concurrency)}
+        for n in listed:
             endpoint = f"{n['address']}:{n['statusPort']}"
-            if n["name"] == local.get("node"):
+            if n["name"] not in answers:
                 nodes.append((n["name"], endpoint, local, ""))
                 continue
-            try:
-                nodes.append((n["name"], endpoint,
-                              fetch_status(n["address"], int(n["statusPort"]), args.timeout), ""))
-            except (OSError, ValueError, http.client.HTTPException) as exc:
-                nodes.append((n["name"], endpoint, None, str(exc) or type(exc).__name__))
+            a = answers[n["name"]]
+            nodes.append((n["name"], endpoint, a.status, a.error))
     else:
         nodes.append((str(local.get("node", "?")), urlsplit(base).netloc, local, ""))
     if args.format == "json":

@@ -10,11 +10,11 @@ import http.client
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from reconciler.core.vocabulary import PeerReplica, ReplicaKey
+from reconciler.ports.peer_fanout import ask_all
 from schemas.status import Member, NodeStatus, Replica
 
 
@@ -123,23 +123,24 @@ class HttpPeers:
         self._timeout = timeout_s
         self._fetch = fetch
 
-    def _one(self, peer: PeerAddress) -> dict[ReplicaKey, PeerReplica]:
+    def _read(self, name: str, doc: dict[str, Any]) -> dict[ReplicaKey, PeerReplica]:
         try:
-            doc = self._fetch(peer.address, peer.port, self._timeout)
             # a document this version cannot read (a ValidationError is a ValueError)
             # counts as an unreachable peer; unknown extra fields are fine (schemas.status)
             return peer_replicas(NodeStatus.model_validate(doc))
         except (OSError, ValueError, http.client.HTTPException) as exc:
-            _log.debug("peer unreachable", extra={"peer": peer.name, "error": str(exc)})
+            _log.debug("peer unreachable", extra={"peer": name, "error": str(exc)})
             return {}
 
     def replicas(self) -> Mapping[ReplicaKey, PeerReplica]:
-        peers = list(self._peers())
-        if not peers:
-            return {}
         merged: dict[ReplicaKey, PeerReplica] = {}
-        with ThreadPoolExecutor(max_workers=min(16, len(peers)),
-                                thread_name_prefix="peers") as pool:
-            for found in pool.map(self._one, peers):
-                merged.update(found)
+        # each peer within the timeout, none waited on past it (a tick never stalls on a
+        # slow peer); unreachable ones are simply absent
+        for answer in ask_all(list(self._peers()), self._fetch, timeout_s=self._timeout,
+                              concurrency=16):
+            if answer.status is None:
+                _log.debug("peer unreachable",
+                           extra={"peer": answer.peer.name, "error": answer.error})
+                continue
+            merged.update(self._read(answer.peer.name, answer.status))
         return merged
