@@ -9,12 +9,12 @@ Threads and who may do what:
 
 - **reconcile worker** (one): the only thread that fetches, ticks (observe, plan, apply),
   reloads the node config and pings the systemd watchdog. Sync and tick therefore never
-  run concurrently. After each iteration it takes a snapshot (status document + metrics)
-  under `_lock`.
+  run concurrently. After each iteration it publishes a snapshot (status document,
+  metrics, sd_notify line: reconciler.daemon.publish).
 - **scheduler** (apscheduler BackgroundScheduler): a fetch job every poll interval and a
   resync job every resync interval, each with jitter. Jobs only set flags and wake the
   worker.
-- **HTTP listener** (reconciler.daemon.http_api): reads the last snapshot under `_lock`; a webhook
+- **HTTP listener** (reconciler.daemon.http_api): reads the last published status; a webhook
   only requests a fetch. A slow engine start or stop in the worker never blocks a scrape.
 - **wake-ups**: LocalRefWatcher (a repo on the local file system), the process port's
   exit callback, the webhook, SIGHUP. None of them carries truth; each only makes the
@@ -54,13 +54,12 @@ from reconciler.daemon import wiring
 from reconciler.daemon.conditions import Conditions
 from reconciler.daemon.http_api import HttpApi
 from reconciler.daemon.metrics import Metrics
-from reconciler.daemon.publish import Publisher
+from reconciler.daemon.publish import Publisher, take_snapshot
 from reconciler.daemon.sdnotify import Notifier
 from reconciler.daemon.snapshot import ErrorEntry, Snapshot
 from reconciler.daemon.status import build_status
 from reconciler.daemon.wakeups import WakeSources
 from reconciler.daemon.wiring import DaemonPorts, Secrets
-from reconciler.desired.node_config import load_node_config
 from reconciler.desired.source_sync import SourceHealth, SourceSync
 from reconciler.ports.inventory import InventoryStore
 from schemas.nodeconfig import NodeConfig
@@ -111,7 +110,7 @@ class Daemon:
             ports.processes.on_exit = self._on_engine_exit  # type: ignore[attr-defined]
         self.ports = ports
         self.processes = ports.processes
-        self.sync = SourceSync(ports.source, config.state_dir, config.source.max_files)
+        self.sync = SourceSync(ports.source, config.state_dir)
         self.source_health = SourceHealth(self.sync)
         self.reconciler = Reconciler(
             node=wiring.node_context(config),
@@ -357,39 +356,16 @@ class Daemon:
             self._errors.append(ErrorEntry(time.time(), source, message))
 
     def _snapshot(self) -> Snapshot:
-        cfg = self.config
-        sync = self.sync
         with self._lock:
             errors = tuple(self._errors)
-        return Snapshot(
-            node=cfg.node_name,
-            now=time.time(),
-            started_at=self._started_wall,
-            source_url=cfg.source.url,
-            branch=cfg.source.branch,
-            path=cfg.source.path,
-            fetched=sync.fetched,
-            attempted=sync.attempted,
-            good=sync.good,
-            applied=self.reconciler.inventory.current.applied_revision,
-            failure=self.source_health.failure,
-            last_fetch_success=self.source_health.last_fetch_success,
-            desired=sync.desired,
-            tick=self.reconciler.last,
-            pid=os.getpid(),
-            errors=errors,
-            reloaded_at=self._reloaded_at,
-            restarts={
-                key: rec.total_restarts
-                for key, rec in self.reconciler.inventory.current.restarts.items()
-            },
-        )
+        return take_snapshot(self.config, self.source_health, self.reconciler, errors=errors,
+                             started_at=self._started_wall, reloaded_at=self._reloaded_at)
 
     def _publish(self) -> None:
         self.publisher.publish(
             self._snapshot(),
             restarts_total=self.reconciler.restarts_total,
-            illegal_transitions=self.reconciler.refused_transitions,
+            illegal_transitions=self.reconciler.illegal_transitions,
         )
 
     # --- reload -------------------------------------------------------------------------
@@ -400,17 +376,15 @@ class Daemon:
             log.warning("reload asked but no config file is known")
             return False
         self.notifier.reloading()
+        old = self.config
         try:
-            new = load_node_config(self.config_path)
-            secrets = Secrets.load(new)
+            new, secrets = wiring.reread_config(self.config_path, old)
         except Exception as exc:
             log.error("config reload failed; keeping the old config",
                       extra={"file": str(self.config_path), "error": str(exc)})
             self._error("config", f"reload failed: {exc}")
             self.notifier.ready()
             return False
-        old = self.config
-        new = wiring.keep_restart_only(old, new)
         self.config = new
         self.secrets = secrets
         self.reconciler.node = wiring.node_context(new)

@@ -4,18 +4,50 @@ sd_notify STATUS= line. The HTTP threads read what was published last."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Mapping
+import time
 
+from reconciler.control.reconcile import Reconciler
 from reconciler.daemon.conditions import Conditions, is_stalled
 from reconciler.daemon.gpu_account import gpu_account
 from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.sdnotify import Notifier
-from reconciler.daemon.snapshot import Snapshot, local_replicas
+from reconciler.daemon.snapshot import ErrorEntry, Snapshot, local_replicas
 from reconciler.daemon.status import build_status, one_line
+from reconciler.desired.source_sync import SourceHealth
+from schemas.nodeconfig import NodeConfig
 from schemas.status import NodeStatus
 
 log = logging.getLogger(__name__)
+
+
+def take_snapshot(config: NodeConfig, health: SourceHealth, reconciler: Reconciler, *,
+                  errors: tuple[ErrorEntry, ...], started_at: float,
+                  reloaded_at: float | None) -> Snapshot:
+    """What the worker knows right after an iteration (its own thread: nothing moves)."""
+    sync = health.source_sync
+    inventory = reconciler.inventory.current
+    return Snapshot(
+        node=config.node_name,
+        now=time.time(),
+        started_at=started_at,
+        source_url=config.source.url,
+        branch=config.source.branch,
+        path=config.source.path,
+        fetched=sync.fetched,
+        attempted=sync.attempted,
+        good=sync.good,
+        applied=inventory.applied_revision,
+        failure=health.failure,
+        last_fetch_success=health.last_fetch_success,
+        desired=sync.desired,
+        tick=reconciler.last,
+        pid=os.getpid(),
+        errors=errors,
+        reloaded_at=reloaded_at,
+        restarts={key: rec.total_restarts for key, rec in inventory.restarts.items()},
+    )
 
 
 class Publisher:
@@ -35,7 +67,7 @@ class Publisher:
             return self._status
 
     def publish(self, snap: Snapshot, *, restarts_total: dict[str, int],
-                illegal_transitions: Mapping[tuple[str, str], int]) -> NodeStatus:
+                illegal_transitions: int) -> NodeStatus:
         status = build_status(snap, self._conditions)
         m = self.metrics
         m.revisions(snap.attempted.revision if snap.attempted else None, snap.applied)

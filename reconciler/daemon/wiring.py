@@ -16,7 +16,7 @@ from reconciler.control.apply import ApplyConfig
 from reconciler.core.backoff import BackoffPolicy
 from reconciler.core.launch import NodeContext
 from reconciler.core.vocabulary import LaunchSpec, MemberKey, ProcessObservation
-from reconciler.desired.node_config import read_secret
+from reconciler.desired.node_config import load_node_config, read_secret
 from reconciler.desired.state import DesiredState
 from reconciler.ports.clock import Clock, SystemClock
 from reconciler.ports.git_source import (
@@ -117,6 +117,7 @@ def node_context(config: NodeConfig) -> NodeContext:
 def apply_config(config: NodeConfig) -> ApplyConfig:
     return ApplyConfig(
         stop_grace_s=config.engine.stop_grace_period_seconds,
+        reset_after_s=config.backoff.reset_after_seconds,
     )
 
 
@@ -202,6 +203,13 @@ def rewire(ports: DaemonPorts, old: NodeConfig, new: NodeConfig) -> bool:
     if new.engine.python != old.engine.python:
         ports.ray = ray_port(new)
     return source_changed
+
+
+def reread_config(path: Path, old: NodeConfig) -> tuple[NodeConfig, Secrets]:
+    """The node config file again, with the secrets it names; fields that need a restart
+    keep their old values. Raises what loading raises (the caller keeps the old config)."""
+    new = load_node_config(path)
+    return keep_restart_only(old, new), Secrets.load(new)
 
 
 def keep_restart_only(old: NodeConfig, new: NodeConfig) -> NodeConfig:
