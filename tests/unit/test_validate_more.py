@@ -247,3 +247,17 @@ def test_more_broken_repos(
     assert f"{root}: INVALID, {len(case.expect)} problem(s)" in err
     # one line per problem: no control character reaches the terminal
     assert all(ch.isprintable() for ch in err.replace("\n", ""))
+
+
+def test_fit_override_is_accepted_and_shown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chat = edit(CHAT, "    servedName: chat\n", "    servedName: chat\n" + ARCH.replace(
+        "7e9", "671e9") + "}\n") + "  fit: {override: true, reason: 'runs at 0.95, measured'}\n"
+    root = write_case(tmp_path / "repo", {"chat.yaml": chat})
+    assert main(["validate", str(root)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("chat "))
+    assert row.split()[-1] == "overridden"
+    assert "chat: estimate says does not fit: needs" in out
+    assert "overridden: runs at 0.95, measured" in out
