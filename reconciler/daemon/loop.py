@@ -341,15 +341,11 @@ class Daemon:
         if outcome.fetched and health.last_fetch_success is not None:
             self.metrics.fetch_succeeded(health.last_fetch_success)
         if outcome.new_refusal is not None:
-            refused = outcome.new_refusal
-            self.metrics.revision_refused(refused.reason)
-            self._error("source", f"{refused.reason}: {refused.message}")
+            self.metrics.revision_refused(outcome.new_refusal.reason)
         if outcome.fetch_failure is not None:
-            failed = outcome.fetch_failure
-            self.metrics.fetch_failed(failed.reason)
-            message = failed.message if failed.reason == "SyncError" else (
-                f"{failed.reason}: {failed.message}")
-            self._error("source", message)
+            self.metrics.fetch_failed(outcome.fetch_failure.reason)
+        if outcome.error is not None:
+            self._error("source", outcome.error)
 
     def _error(self, source: str, message: str) -> None:
         with self._lock:

@@ -129,6 +129,18 @@ class SyncOutcome:
     fetch_failure: SourceFailure | None = None  # the fetch failed (count every time)
     new_refusal: SourceFailure | None = None  # a revision refused, first verdict only
 
+    @property
+    def error(self) -> str | None:
+        """The line for the daemon's error log, if this sync brought one."""
+        if self.new_refusal is not None:
+            return f"{self.new_refusal.reason}: {self.new_refusal.message}"
+        failed = self.fetch_failure
+        if failed is None:
+            return None
+        # an unforeseen exception is its own message (it names its type already)
+        return failed.message if failed.reason == "SyncError" else (
+            f"{failed.reason}: {failed.message}")
+
 
 class SourceHealth:
     """Keeps "this revision was refused" apart from "the source could not be reached".
