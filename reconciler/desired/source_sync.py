@@ -137,7 +137,7 @@ class SyncOutcome:
         failed = self.fetch_failure
         if failed is None:
             return None
-        # an unforeseen exception is its own message (it names its type already)
+        # an unforeseen exception (a bug, an odd OS error): its text alone
         return failed.message if failed.reason == "SyncError" else (
             f"{failed.reason}: {failed.message}")
 
