@@ -92,6 +92,9 @@ class _Placer:
         self.state = state
         self.nodes = {n.name: n for n in state.cluster.spec.nodes}
         self.free = {n.name: n.gpus.count for n in state.cluster.spec.nodes}
+        # per deployment: the nodes a locked replica may stay on, and its shape there
+        self.lock_nodes: dict[tuple[str, ...], list[Node]] = {}
+        self.lock_shapes: dict[tuple[str, ...], tuple[set[str], ReplicaShape | str]] = {}
         # cordoned and drained nodes take no new replica: they are in no pool
         self.closed = {
             n.name: ("drained" if n.drain else "cordoned")
@@ -106,16 +109,18 @@ class _Placer:
             for k, v in n.labels.items():
                 self.by_label.setdefault((k, v), set()).add(n.name)
 
-    def pool(self, dep: ModelDeployment) -> _Pool:
+    @staticmethod
+    def rule_of(dep: ModelDeployment) -> tuple[str, ...]:
         placement = dep.spec.placement
-        rule: tuple[str, ...]
         if placement.nodes is not None:
-            rule = ("nodes", *sorted(placement.nodes))
-        else:
-            rule = (
-                "selector",
-                *sorted(f"{k}={v}" for k, v in (placement.node_selector or {}).items()),
-            )
+            return ("nodes", *sorted(placement.nodes))
+        return (
+            "selector",
+            *sorted(f"{k}={v}" for k, v in (placement.node_selector or {}).items()),
+        )
+
+    def pool(self, dep: ModelDeployment) -> _Pool:
+        rule = self.rule_of(dep)
         cached = self.rules.get(rule)
         if cached is not None:
             return cached
@@ -144,6 +149,8 @@ class _Placer:
 
     def closed_note(self, dep: ModelDeployment) -> str:
         """'; 3 of 4 matching nodes are open (a800-3 drained)', or '' when none is closed."""
+        if not self.closed:
+            return ""
         matching = self.matching(dep)
         closed = [f"{n} {self.closed[n]}" for n in matching if n in self.closed]
         if not closed:
@@ -250,12 +257,23 @@ def _keep_locked(
         return None
     if any(n not in placer.nodes or placer.closed.get(n) == "drained" for n in nodes):
         return None
-    usable = [
-        n for n in candidate_nodes(state.cluster, dep) if placer.closed.get(n.name) != "drained"
-    ]
-    if not {n.name for n in usable} >= set(nodes):
+    par = dep.spec.parallelism
+    rule = placer.rule_of(dep)
+    shape_key = (*rule, f"{par.tensor}/{par.pipeline}/{par.data}/{dep.spec.executor}")
+    cached = placer.lock_shapes.get(shape_key)
+    if cached is None:
+        usable = placer.lock_nodes.get(rule)
+        if usable is None:
+            usable = [
+                n for n in candidate_nodes(state.cluster, dep)
+                if placer.closed.get(n.name) != "drained"
+            ]
+            placer.lock_nodes[rule] = usable
+        cached = ({n.name for n in usable}, replica_shape(state.cluster, dep, usable))
+        placer.lock_shapes[shape_key] = cached
+    usable_names, shape = cached
+    if not usable_names.issuperset(nodes):
         return None
-    shape = replica_shape(state.cluster, dep, usable)
     if isinstance(shape, str) or shape.nodes != len(nodes):
         return None
     if any(placer.free[n] < shape.gpus_per_node for n in nodes):
