@@ -6,6 +6,7 @@ desired state (the Cluster's declared capacities), never on observations.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from schemas.v1alpha1 import Cluster, ModelDeployment, Node
@@ -30,14 +31,16 @@ class NodeIndex:
         self.nodes = cluster.spec.nodes
         self.by_name: dict[str, list[int]] = {}
         self.by_label: dict[tuple[str, str], list[int]] = {}
-        # answers per placement rule: thousands of deployments share a handful of rules
-        self._answers: dict[tuple[object, ...], list[Node]] = {}
+        # answers per placement rule: thousands of deployments share a handful of rules,
+        # and what is asked of a rule's nodes (GPU counts, slots, names) is asked of each
+        self._answers: dict[tuple[object, ...], tuple[Node, ...]] = {}
+        self._stats: dict[int, NodeStats] = {}  # id(answer) -> its stats
         for i, n in enumerate(self.nodes):
             self.by_name.setdefault(n.name, []).append(i)
             for label in n.labels.items():
                 self.by_label.setdefault(label, []).append(i)
 
-    def candidates(self, dep: ModelDeployment) -> list[Node]:
+    def candidates(self, dep: ModelDeployment) -> tuple[Node, ...]:
         placement = dep.spec.placement
         rule: tuple[object, ...] = (
             (0, *sorted(set(placement.nodes)))
@@ -46,8 +49,15 @@ class NodeIndex:
         )
         answer = self._answers.get(rule)
         if answer is None:
-            answer = self._answers[rule] = self._match(dep)
-        return list(answer)  # the caller's own copy
+            answer = self._answers[rule] = tuple(self._match(dep))
+            self._stats[id(answer)] = NodeStats(answer)
+        return answer
+
+    def stats(self, nodes: Sequence[Node]) -> NodeStats:
+        """Of an answer given out here (kept alive by _answers, so its id is its own),
+        else of any other sequence of nodes, computed afresh."""
+        found = self._stats.get(id(nodes))
+        return found if found is not None and found.nodes is nodes else NodeStats(nodes)
 
     def _match(self, dep: ModelDeployment) -> list[Node]:
         placement = dep.spec.placement
@@ -67,6 +77,35 @@ class NodeIndex:
         return [self.nodes[i] for i in sorted(found)]
 
 
+class NodeStats:
+    def __init__(self, nodes: Sequence[Node]) -> None:
+        self.nodes = nodes
+        self.counts = [n.gpus.count for n in nodes]
+        self.largest = max(self.counts, default=0)
+        self._names: frozenset[str] | None = None
+        self._slots: dict[int, int] = {}
+        self._memory: dict[int, float] = {}
+
+    @property
+    def names(self) -> frozenset[str]:
+        if self._names is None:
+            self._names = frozenset(n.name for n in self.nodes)
+        return self._names
+
+    def slots(self, per_node: int) -> int:
+        """Replica slots of `per_node` GPUs the nodes hold (per_node > 0)."""
+        if per_node not in self._slots:
+            self._slots[per_node] = sum(c // per_node for c in self.counts)
+        return self._slots[per_node]
+
+    def min_memory_gib(self, per_node: int) -> float:
+        """Smallest GPU memory among the nodes with at least per_node GPUs (0: none)."""
+        if per_node not in self._memory:
+            mems = [n.gpus.memory_gib for n in self.nodes if n.gpus.count >= per_node]
+            self._memory[per_node] = min(mems) if mems else 0.0
+        return self._memory[per_node]
+
+
 # One entry: callers ask about the same Cluster object many times in a row (every
 # deployment of a revision), and a new revision brings a new object.
 _last_index: list[tuple[Cluster, NodeIndex]] = []
@@ -81,9 +120,15 @@ def node_index(cluster: Cluster) -> NodeIndex:
     return index
 
 
-def candidate_nodes(cluster: Cluster, dep: ModelDeployment) -> list[Node]:
-    """Nodes the deployment may use, in the Cluster document's order."""
+def candidate_nodes(cluster: Cluster, dep: ModelDeployment) -> tuple[Node, ...]:
+    """Nodes the deployment may use, in the Cluster document's order (one shared tuple per
+    placement rule: ask `node_stats` about it rather than walking it per deployment)."""
     return node_index(cluster).candidates(dep)
+
+
+def node_stats(cluster: Cluster, nodes: Sequence[Node]) -> NodeStats:
+    """GPU counts, names, slots and memory of `nodes`, remembered for candidate tuples."""
+    return node_index(cluster).stats(nodes)
 
 
 def uses_gpus(cluster: Cluster, dep: ModelDeployment) -> bool:
@@ -92,7 +137,7 @@ def uses_gpus(cluster: Cluster, dep: ModelDeployment) -> bool:
 
 
 def replica_shape(
-    cluster: Cluster, dep: ModelDeployment, candidates: list[Node] | None = None
+    cluster: Cluster, dep: ModelDeployment, candidates: Sequence[Node] | None = None
 ) -> ReplicaShape | str:
     """The shape of one replica, or a reason why no shape works.
 
@@ -109,8 +154,8 @@ def replica_shape(
         candidates = candidate_nodes(cluster, dep)
     if not candidates:
         return "no node matches the placement"
-    counts = [n.gpus.count for n in candidates]  # one pass: this runs once per deployment
-    largest = max(counts)
+    stats = node_stats(cluster, candidates)
+    counts, largest = stats.counts, stats.largest
     if largest <= 0:
         if world == 1:
             return ReplicaShape(nodes=1, gpus_per_node=0)

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from reconciler.core.errors import Problem
-from reconciler.core.topology import ReplicaShape, candidate_nodes, port_block, replica_shape
+from reconciler.core.topology import (
+    NodeStats,
+    ReplicaShape,
+    candidate_nodes,
+    node_stats,
+    port_block,
+    replica_shape,
+)
 from reconciler.desired.checks import more_checks
 from reconciler.desired.yaml_positions import Document
 from schemas.v1alpha1 import Cluster, ModelDeployment
@@ -59,7 +66,7 @@ def cross_check(
         )
 
     multi_node_replicas = 0
-    claimed: list[tuple[range, set[str], str, Document]] = []
+    claimed: list[tuple[range, frozenset[str], str, Document]] = []
     claimants: dict[int, list[int]] = {}  # port -> indices into `claimed`
     for doc, dep in deployments:
         dspec = dep.spec
@@ -91,7 +98,7 @@ def cross_check(
                     f"cluster's engine range {engine_range.start}-{engine_range.end}",
                 )
             )
-        cand_names = {n.name for n in candidates}
+        cand_names = node_stats(cluster, candidates).names
         # only the earlier deployments that claim one of these ports, in claim order (a
         # scan of all of them was quadratic in deployments)
         rivals = sorted({i for port in block for i in claimants.get(port, ())})
@@ -117,7 +124,7 @@ def cross_check(
             continue
         if dspec.replicas and shape.nodes > 1:
             multi_node_replicas += dspec.replicas
-        problems.extend(_capacity(doc, dep, shape, [n.gpus.count for n in candidates]))
+        problems.extend(_capacity(doc, dep, shape, node_stats(cluster, candidates)))
     blocks = ray.size // spec.ports.ray_block_size
     if multi_node_replicas > blocks:
         problems.append(
@@ -132,7 +139,7 @@ def cross_check(
 
 
 def _capacity(
-    doc: Document, dep: ModelDeployment, shape: ReplicaShape, candidates_gpus: list[int]
+    doc: Document, dep: ModelDeployment, shape: ReplicaShape, candidates: NodeStats
 ) -> list[Problem]:
     """Replicas x GPUs must be coverable by the candidates' declared GPUs (or nodes, for CPU)."""
     replicas = dep.spec.replicas
@@ -140,14 +147,14 @@ def _capacity(
         return []
     if shape.gpus_per_node == 0:
         return []  # CPU engines share nodes; they compete for cores, not GPUs
-    slots = sum(g // shape.gpus_per_node for g in candidates_gpus)
+    slots = candidates.slots(shape.gpus_per_node)
     needed = replicas * shape.nodes
     if needed > slots:
         return [
             doc.problem(
                 ("spec", "replicas"),
                 f"{replicas} replica(s) x {shape.gpus} GPUs do not fit the matching nodes' "
-                f"declared GPUs ({sum(candidates_gpus)} in all, {slots} slot(s) of "
+                f"declared GPUs ({sum(candidates.counts)} in all, {slots} slot(s) of "
                 f"{shape.gpus_per_node})",
             )
         ]

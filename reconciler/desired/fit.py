@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.core.printable import escape_controls
-from reconciler.core.topology import candidate_nodes, replica_shape
+from reconciler.core.topology import candidate_nodes, node_stats, replica_shape
 from reconciler.desired.state import DesiredState
 from schemas.v1alpha1 import ModelDeployment
 
@@ -185,8 +185,7 @@ def estimate_deployment(state: DesiredState, name: str, dep: ModelDeployment) ->
     util = (
         engine.gpu_memory_utilization or state.cluster.spec.engine_defaults.gpu_memory_utilization
     )
-    eligible = [n for n in nodes if n.gpus.count >= shape.gpus_per_node]
-    mem = min(n.gpus.memory_gib for n in eligible) if eligible else 0.0
+    mem = node_stats(state.cluster, nodes).min_memory_gib(shape.gpus_per_node)
     budget = shape.gpus * mem * util
     if weights_gib is None:
         return FitRow(

@@ -7,6 +7,9 @@ InvalidDesiredState that carries them all.
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -131,12 +134,33 @@ def too_many_files(root: Path, count: int, limit: int) -> Problem:
     )
 
 
+@contextmanager
+def no_cyclic_gc() -> Iterator[None]:
+    """Loading makes hundreds of thousands of small objects, none of them garbage cycles
+    worth chasing; each of them would count toward a full collection, which walks every
+    live object, the revision still in force included (a daemon holding 1,000 x 2,000
+    loaded the next one 4x slower). Reference counting still frees everything; cycles
+    (recursive aliases) wait for the next collection after this."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def load_directory(
     root: Path, revision: str = "local", max_files: int | None = None
 ) -> DesiredState:
     """Load and validate everything under `root`; raise InvalidDesiredState listing all problems.
 
     `max_files`: refuse more YAML files than this (default MAX_FILES)."""
+    with no_cyclic_gc():
+        return _load_directory(root, revision, max_files)
+
+
+def _load_directory(root: Path, revision: str, max_files: int | None) -> DesiredState:
     from reconciler.desired.cross_checks import cross_check
 
     if not root.exists():

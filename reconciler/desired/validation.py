@@ -18,7 +18,7 @@ from pathlib import Path
 from reconciler.core.errors import InvalidDesiredState, Problem
 from reconciler.core.printable import escape_fields
 from reconciler.desired.fit import FitRow, check_fit
-from reconciler.desired.loader import SKIP_DIRS, load_directory
+from reconciler.desired.loader import SKIP_DIRS, load_directory, no_cyclic_gc
 from reconciler.desired.placement_lock import read_lock
 from reconciler.desired.state import DesiredState
 from schemas.v1alpha1 import LOCK_FILE
@@ -41,6 +41,11 @@ class Verdict:
 
 
 def check_revision(root: Path, revision: str = "local", max_files: int | None = None) -> Verdict:
+    with no_cyclic_gc():  # see there: a full collection walks the revision in force too
+        return _check_revision(root, revision, max_files)
+
+
+def _check_revision(root: Path, revision: str, max_files: int | None) -> Verdict:
     problems = file_problems(root)
     try:
         state = load_directory(root, revision=revision, max_files=max_files)

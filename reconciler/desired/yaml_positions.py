@@ -170,29 +170,7 @@ def _line_col(text: str, offset: int) -> tuple[int, int]:
 # text that both accept: any libyaml error, and any character the pure reader refuses,
 # sends the file through the pure-Python path, which then words the problem as always.
 # libyaml caps nesting at 1,000 levels, so its recursive composer cannot exhaust the stack.
-_CBase: type[Any] | None = getattr(yaml, "CSafeLoader", None)
-_RESOLVED: dict[tuple[Any, ...], str] = {}  # (kind, value, implicit) -> tag
-
-
-class _MemoResolver:
-    """The safe resolver's answer is a pure function of (kind, value, implicit) (no path
-    resolvers are registered), and keys and values repeat across documents: ask once."""
-
-    def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
-        key = (kind, value, implicit)
-        tag = _RESOLVED.get(key)
-        if tag is None:
-            tag = super().resolve(kind, value, implicit)  # type: ignore[misc]
-            if len(_RESOLVED) > 100_000:
-                _RESOLVED.clear()
-            if isinstance(value, str) and len(value) < 256:
-                _RESOLVED[key] = tag
-        return tag
-
-
-_CLoader: type[Any] | None = (
-    type("_MemoCSafeLoader", (_MemoResolver, _CBase), {}) if _CBase is not None else None
-)
+_CLoader: type[Any] | None = getattr(yaml, "CSafeLoader", None)
 _NON_PRINTABLE = yaml.reader.Reader.NON_PRINTABLE
 # Where the two disagree on what is valid (found by tests/unit/test_yaml_fast_path.py):
 # tabs (libyaml allows more of them), byte order marks, the line breaks of YAML 1.1
