@@ -104,12 +104,17 @@ def http_get(host: NetnsHost, path: str, port: int = STATUS_PORT, timeout: float
 
 
 def cluster_yaml(hosts: list[NetnsHost], gpus: int) -> str:
+    return cluster_yaml_of([(h.name, h.ip) for h in hosts], gpus)
+
+
+def cluster_yaml_of(nodes_at: list[tuple[str, str]], gpus: int) -> str:
+    """A Cluster document of (name, address) nodes, `gpus` each, Ray ports 21000-21399."""
     nodes = "".join(
-        f"    - name: {h.name}\n"
-        f"      address: {h.ip}\n"
+        f"    - name: {name}\n"
+        f"      address: {address}\n"
         f"      gpus: {{count: {gpus}, model: Simulated GPU, memoryGib: 80}}\n"
         f"      statusPort: {STATUS_PORT}\n"
-        for h in hosts
+        for name, address in nodes_at
     )
     return (
         "apiVersion: reconciler.dev/v1alpha1\n"

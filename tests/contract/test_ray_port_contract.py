@@ -39,9 +39,9 @@ from reconciler.core.ray_argv import (
 from reconciler.core.vocabulary import RayView
 from reconciler.ports.ray_nodes import RayClusterView, SubprocessRayPort
 from reconciler.testing.ray_nodes import FakeRayNodes
+from testrigs.multinode_cluster import engine_python, ray_unavailable_reason
 from testrigs.netns import NetnsHarness, netns_unavailable_reason
 
-REPO = Path(__file__).resolve().parents[2]
 HASH = "aaaa1111"
 OTHER = "bbbb2222"
 IPS = ("198.18.0.11", "198.18.0.12", "198.18.0.13")
@@ -147,11 +147,6 @@ class RealWorld:
         raise AssertionError(f"{what}: not within {timeout:.0f} s (last {last!r})\n{logs}")
 
 
-def _engine_python() -> Path:
-    explicit = os.environ.get("RECONCILER_ENGINE_PYTHON")
-    return Path(explicit) if explicit else REPO / ".venv-engine" / "bin" / "python"
-
-
 @pytest.fixture(params=[
     "fake",
     pytest.param("real", marks=[pytest.mark.system, pytest.mark.ray, pytest.mark.netns,
@@ -161,12 +156,10 @@ def world(request: pytest.FixtureRequest) -> Iterator[RayWorld]:
     if request.param == "fake":
         yield FakeWorld()
         return
-    reason = netns_unavailable_reason()
+    reason = netns_unavailable_reason() or ray_unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
-    python = _engine_python()
-    if not python.exists():
-        pytest.skip(f"engine environment not found at {python} (scripts/test.sh installs it)")
+    python = engine_python()
     tmp = Path(tempfile.mkdtemp(prefix="rc-", dir="/tmp"))  # Ray's socket paths are short
     net = NetnsHarness(3, prefix="rc")
     net.setup()

@@ -39,47 +39,17 @@ from reconciler.testing.gpus import FakeGpuPort
 from reconciler.testing.processes import FakeProcessPort
 from reconciler.testing.ray_nodes import FakeRayNodes, RayProcesses
 from schemas.status import NodeStatus
+from testrigs.multinode_cluster import cluster_yaml_of, deployment_yaml
 
 BACKOFF_S = 10.0
 KEY = ReplicaKey("mn", 0)
 NAMES = ("h1", "h2", "h3")
 ADDRESSES = {"h1": "198.18.0.11", "h2": "198.18.0.12", "h3": "198.18.0.13"}
+CLUSTER = cluster_yaml_of(list(ADDRESSES.items()), gpus=1)  # the system test's cluster
 
 
-def cluster_yaml() -> str:
-    nodes = "".join(
-        f"    - name: {n}\n"
-        f"      address: {ADDRESSES[n]}\n"
-        "      gpus: {count: 1, model: NVIDIA H100 80GB HBM3, memoryGib: 80}\n"
-        for n in NAMES
-    )
-    return (
-        "apiVersion: reconciler.dev/v1alpha1\n"
-        "kind: Cluster\n"
-        "metadata: {name: mn}\n"
-        "spec:\n"
-        "  network: {ncclSocketIfname: eth0, glooSocketIfname: eth0}\n"
-        "  ports:\n"
-        "    engine: {start: 8000, end: 8099}\n"
-        "    ray: {start: 21000, end: 21399}\n"
-        "    rayBlockSize: 40\n"
-        "  nodes:\n" + nodes
-    )
-
-
-def deployment_yaml(nodes: list[str], max_model_len: int = 1024) -> str:
-    return (
-        "apiVersion: reconciler.dev/v1alpha1\n"
-        "kind: ModelDeployment\n"
-        "metadata: {name: mn}\n"
-        "spec:\n"
-        "  model: {path: /models/mn, servedName: mn-model}\n"
-        f"  parallelism: {{pipeline: {len(nodes)}}}\n"
-        f"  placement: {{nodes: [{', '.join(nodes)}]}}\n"
-        f"  engine: {{maxModelLen: {max_model_len}}}\n"
-        "  port: 8000\n"
-        "  probes: {startupTimeoutSeconds: 600}\n"
-    )
+def a_yaml(nodes: list[str]) -> str:
+    return deployment_yaml("mn", nodes=nodes, pipeline=len(nodes), port=8000)
 
 
 class WorldPeers:
@@ -200,7 +170,7 @@ def world(tmp_path: Path) -> World:
 @pytest.mark.parametrize("size", [2, 3], ids=["2-node", "3-node"])
 def test_a_ray_replica_forms_on_every_member(world: World, size: int) -> None:
     members = list(NAMES[:size])
-    world.source.commit({"cluster.yaml": cluster_yaml(), "mn.yaml": deployment_yaml(members)})
+    world.source.commit({"cluster.yaml": CLUSTER, "mn.yaml": a_yaml(members)})
     world.add_nodes()
     states = world.until("Ready on every member", lambda: world.ready_everywhere(members))
     assert states[0] != "Ready" and states[-1] == "Ready"  # it formed in these rounds
@@ -232,7 +202,7 @@ def test_a_ray_replica_forms_on_every_member(world: World, size: int) -> None:
 def test_a_dead_member_restarts_the_whole_replica_after_a_backoff(world: World,
                                                                   size: int) -> None:
     members = list(NAMES[:size])
-    world.source.commit({"cluster.yaml": cluster_yaml(), "mn.yaml": deployment_yaml(members)})
+    world.source.commit({"cluster.yaml": CLUSTER, "mn.yaml": a_yaml(members)})
     world.add_nodes()
     world.until("Ready on every member", lambda: world.ready_everywhere(members))
     order = world.order()

@@ -7,17 +7,9 @@ from pathlib import Path
 
 from reconciler.desired.source_sync import SourceHealth, SourceSync
 from reconciler.testing.git_source import FakeGitSource
+from testrigs.multinode_cluster import cluster_yaml_of
 
-CLUSTER = """\
-apiVersion: reconciler.dev/v1alpha1
-kind: Cluster
-metadata: {name: t}
-spec:
-  nodes:
-    - name: n0
-      address: 127.0.0.1
-      gpus: {count: 1, model: NVIDIA H100 80GB HBM3, memoryGib: 80}
-"""
+CLUSTER = cluster_yaml_of([("n0", "127.0.0.1")], gpus=1)
 BROKEN = "apiVersion: reconciler.dev/v1alpha1\nkind: Model\n"
 
 
@@ -31,8 +23,9 @@ def test_refusal_once_fetch_errors_apart_and_a_good_commit_clears(tmp_path: Path
         nonlocal now
         now += 1.0
         out = health.sync(now, 1000.0 + now)
-        return (out.fetched, out.fetch_failure and out.fetch_failure.reason,
-                out.new_refusal and out.new_refusal.reason, out.error)
+        failed = out.fetch_failure.reason if out.fetch_failure is not None else None
+        refused = out.new_refusal.reason if out.new_refusal is not None else None
+        return out.fetched, failed, refused, out.error
 
     assert sync() == (True, None, None, None)
     assert health.failure is None and health.last_fetch_success == 1001.0
