@@ -239,3 +239,6 @@ def test_a_dead_member_restarts_the_whole_replica_after_a_backoff(world: World,
     assert head is not None
     view = world.ray.view(f"{ADDRESSES[order[0]]}:21000", head.launch.spec_hash)
     assert view is not None and len(view.alive_nodes) == size and view.lost == ()
+    # every state change on the way went through the lifecycle table (in a 3-node replica
+    # the follower that only fate-shared goes Ready -> Pending, waiting for a new head)
+    assert all(n.rec.refused_transitions == {} for n in world.nodes.values())
