@@ -13,6 +13,7 @@ scripts/setup-dev.sh
 if [[ "${SKIP_ENGINE_INSTALL:-0}" != 1 ]]; then
   scripts/install-engine-env.sh --cpu .venv-engine
 fi
+scripts/install-prometheus.sh  # promtool rule tests, the Prometheus system test
 export RECONCILER_ENGINE_PYTHON="${RECONCILER_ENGINE_PYTHON:-$PWD/.venv-engine/bin/python}"
 
 echo "[test] ruff" >&2

@@ -1,4 +1,5 @@
-"""The daemon's one HTTP listener: /metrics, /status, /healthz and POST /webhook.
+"""The daemon's one HTTP listener: /metrics, /status, /healthz, /sd/engines (Prometheus
+service discovery of its engines) and POST /webhook.
 
 stdlib `ThreadingHTTPServer` in a thread of its own. Handlers never touch the reconcile
 loop: they read the last snapshot (taken under a lock by the worker) and, for a webhook,
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from reconciler.daemon.discovery import SD_PATH, engine_targets
 from reconciler.daemon.metrics import CONTENT_TYPE_LATEST, Metrics
 from reconciler.daemon.webhook_auth import WebhookAuth, verify_webhook
 from schemas.status import NodeStatus
@@ -76,6 +78,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, api.metrics.render(), CONTENT_TYPE_LATEST)
             elif path == "/status":
                 body = json.dumps(api.status().model_dump(mode="json"), indent=1).encode() + b"\n"
+                self._send(200, body, "application/json")
+            elif path == SD_PATH:
+                # Prometheus http_sd_configs: this node's engines with their labels
+                body = json.dumps(engine_targets(api.status())).encode() + b"\n"
                 self._send(200, body, "application/json")
             elif path in ("/healthz", "/livez", "/readyz"):
                 ok, detail = api.healthz()
