@@ -110,7 +110,7 @@ class Daemon:
             ports.processes.on_exit = self._on_engine_exit  # type: ignore[attr-defined]
         self.ports = ports
         self.processes = ports.processes
-        self.sync = SourceSync(ports.source, config.state_dir)
+        self.sync = SourceSync(ports.source, config.state_dir, config.source.max_files)
         self.source_health = SourceHealth(self.sync)
         self.reconciler = Reconciler(
             node=wiring.node_context(config),
@@ -361,7 +361,7 @@ class Daemon:
         self.publisher.publish(
             self._snapshot(),
             restarts_total=self.reconciler.restarts_total,
-            illegal_transitions=self.reconciler.illegal_transitions,
+            illegal_transitions=self.reconciler.refused_transitions,
         )
 
     # --- reload -------------------------------------------------------------------------

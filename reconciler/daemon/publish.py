@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 
 from reconciler.control.reconcile import Reconciler
 from reconciler.daemon.conditions import Conditions, is_stalled
@@ -67,7 +68,7 @@ class Publisher:
             return self._status
 
     def publish(self, snap: Snapshot, *, restarts_total: dict[str, int],
-                illegal_transitions: int) -> NodeStatus:
+                illegal_transitions: Mapping[tuple[str, str], int]) -> NodeStatus:
         status = build_status(snap, self._conditions)
         m = self.metrics
         m.revisions(snap.attempted.revision if snap.attempted else None, snap.applied)

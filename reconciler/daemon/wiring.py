@@ -117,7 +117,6 @@ def node_context(config: NodeConfig) -> NodeContext:
 def apply_config(config: NodeConfig) -> ApplyConfig:
     return ApplyConfig(
         stop_grace_s=config.engine.stop_grace_period_seconds,
-        reset_after_s=config.backoff.reset_after_seconds,
     )
 
 
