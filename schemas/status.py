@@ -36,7 +36,7 @@ ReplicaRole = Literal["single", "leader", "follower"]
 MemberRole = Literal["engine", "ray-head", "ray-worker"]
 Health = Literal["ready", "starting", "unhealthy"]
 GpuState = Literal["assigned", "free", "foreign", "unhealthy", "unmanaged"]
-ActionKind = Literal["Start", "Stop", "Reap", "MarkReady"]
+ActionKind = Literal["Start", "Stop", "Reap", "MarkReady", "Drain"]
 NonNegative = Annotated[int, Field(ge=0)]
 
 

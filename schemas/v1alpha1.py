@@ -342,6 +342,14 @@ class Rollout(Strict):
         default=0, ge=0, le=0, description="reserved; replicas are replaced in place (0)"
     )
     max_unavailable: int = Field(default=1, ge=1, description="replicas replaced at once")
+    drain_timeout_seconds: int | None = Field(
+        default=None, ge=1, le=3600,
+        description=(
+            "drain before a stop: the replica first leaves the gateways' tables (status "
+            "Draining for a few seconds), then vLLM gets SIGTERM with --shutdown-timeout "
+            "of this many seconds to finish requests in flight; unset: stop at once"
+        ),
+    )
 
 
 class FitPolicy(Strict):

@@ -27,6 +27,7 @@ from reconciler.core.placement import place
 from reconciler.core.plan import plan
 from reconciler.core.printable import escape_controls
 from reconciler.core.vocabulary import (
+    Drain,
     MarkReady,
     ObservedState,
     Placement,
@@ -56,6 +57,8 @@ def render_actions(p: Plan) -> list[str]:
             lines.append(f"    - stop  {action.member}  ({action.reason})")
         elif isinstance(action, Reap):
             lines.append(f"    x forget {action.member}  ({action.reason})")
+        elif isinstance(action, Drain):
+            lines.append(f"    ~ drain {action.member}  ({action.reason})")
         elif isinstance(action, MarkReady):
             lines.append(f"    . {action.reason}")
     return [escape_controls(line) for line in lines] or ["    nothing to do this tick"]
@@ -186,7 +189,7 @@ def _action_json(action: Any) -> dict[str, Any]:
             gpus=list(action.launch.gpus),
             port=action.launch.port,
         )
-    elif isinstance(action, Stop | Reap):
+    elif isinstance(action, Stop | Reap | Drain):
         data["member"] = str(action.member)
     return data
 

@@ -13,6 +13,7 @@ from reconciler.core.errors import EngineStartError
 from reconciler.core.restarts import after_failure, after_ready
 from reconciler.core.vocabulary import (
     Action,
+    Drain,
     MarkReady,
     MemberKey,
     OwnedMember,
@@ -65,7 +66,8 @@ def apply(
             results.append(ActionResult(action, True))
         elif isinstance(action, Stop):
             began = time.monotonic()
-            ok = processes.stop(action.member, config.stop_grace_s)
+            # a draining engine (vLLM --shutdown-timeout) gets its drain on top of the grace
+            ok = processes.stop(action.member, config.stop_grace_s + action.drain_s)
             if ok:
                 crash_point("engine-stopped")  # test-only: killed before the inventory update
                 inventory.remove_member(action.member)
@@ -80,6 +82,11 @@ def apply(
                 failed_stops.add(action.member)
                 log.error("stop not confirmed", extra={"member": str(action.member)})
                 results.append(ActionResult(action, False, f"{action.member}: stop not confirmed"))
+        elif isinstance(action, Drain):
+            # nothing to do but say so: the plan's status shows the replica Draining,
+            # which takes it out of every gateway's table; the Stop comes later
+            log.info("draining", extra={"member": str(action.member), "reason": action.reason})
+            results.append(ActionResult(action, True))
         elif isinstance(action, MarkReady):
             ready = after_ready(inventory.current.restarts.get(action.replica), now)
             if ready is not None:

@@ -21,6 +21,7 @@ from reconciler.core.placement import place
 from reconciler.core.plan import plan
 from reconciler.core.vocabulary import (
     Inventory,
+    MemberKey,
     ObservedState,
     Plan,
     RefusedTransition,
@@ -93,6 +94,8 @@ class Reconciler:
     # A view of the one restart counter (RestartRecord.total_restarts), not a second one.
     restarts_total: dict[str, int] = field(default_factory=dict)
     last: TickResult | None = None
+    # members whose drain is being announced, and since when (each plan hands it on)
+    draining: dict[MemberKey, float] = field(default_factory=dict)
 
     def tick(self) -> TickResult:
         reconcile_id = uuid.uuid4().hex[:12]
@@ -125,6 +128,7 @@ class Reconciler:
             self.node,
             placement=placement,
             previous=self.states,
+            draining=self.draining,
         )
         for action in the_plan.actions:
             log.info(
@@ -147,6 +151,7 @@ class Reconciler:
         )
         self._count_restarts(before, self.inventory.current)
         self._record_states(the_plan, reconcile_id)
+        self.draining = dict(the_plan.draining)
         if (
             desired is not None
             and the_plan.empty

@@ -202,6 +202,9 @@ def engine_launch(
         argv += ["--dtype", spec.engine.dtype]
     if spec.engine.kv_cache_dtype != "auto":
         argv += ["--kv-cache-dtype", spec.engine.kv_cache_dtype]
+    if spec.rollout.drain_timeout_seconds is not None and not headless:
+        # vLLM's drain: after SIGTERM, requests in flight get this long (0 aborts them)
+        argv += ["--shutdown-timeout", str(spec.rollout.drain_timeout_seconds)]
     argv += list(spec.engine.extra_args)
 
     member = MemberKey(placement.key, "engine")

@@ -68,6 +68,15 @@ TRANSITIONS: dict[tuple[ReplicaState, ReplicaState], tuple[Kind, str]] = {
     ("Draining", "Stopped"): ("passive", "exit confirmed"),
     # SIGTERM ignored past the grace period, SIGKILL still not confirmed
     ("Draining", "Failed"): ("passive", "stop not confirmed"),
+    # a drain (rollout.drainTimeoutSeconds) ended: the old engine stopped and its
+    # replacement started in the same tick
+    ("Draining", "Starting"): ("active", "drained, stopped and replaced within one tick"),
+    # drained and stopped; the replacement waits (Recreate, GPUs, backoff)
+    ("Draining", "Pending"): ("active", "drained and stopped; the start waits"),
+    # the change that drained it was reverted before its SIGTERM: it serves on
+    ("Draining", "Ready"): ("active", "drain called off before the stop"),
+    # it died while draining and its restart waits for backoff
+    ("Draining", "CrashLoopBackOff"): ("passive", "died while draining; waiting for backoff"),
     # a failure always goes through backoff before the next start
     ("Failed", "CrashLoopBackOff"): ("active", "restart scheduled after a delay"),
     # the first restart is immediate (backoff delay 0)

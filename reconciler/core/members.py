@@ -7,6 +7,7 @@ plan() (restarts, rollout, fate sharing, starts) write into while one plan is ma
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from reconciler.core.launch import mp_multi_node
@@ -14,6 +15,7 @@ from reconciler.core.spec_hash import spec_hash
 from reconciler.core.vocabulary import (
     Action,
     Desired,
+    Drain,
     LaunchSpec,
     MemberKey,
     Placement,
@@ -25,6 +27,11 @@ from reconciler.core.vocabulary import (
     Stop,
 )
 from schemas.v1alpha1 import ModelDeployment
+
+# How long a replica shows Draining before its engine gets SIGTERM: gateways read every
+# daemon's /status each second, so three polls take it out of every table (KServe's
+# recipe sleeps 15 s for a router that polls less often).
+DRAIN_ANNOUNCE_S = 3.0
 
 
 @dataclass
@@ -52,6 +59,9 @@ class PlanWork:
     stopping: set[MemberKey] = field(default_factory=set)
     failed_now: set[ReplicaKey] = field(default_factory=set)
     addresses: dict[str, str] = field(default_factory=dict)  # node name -> address
+    now: float = 0.0
+    draining: Mapping[MemberKey, float] = field(default_factory=dict)  # last tick's
+    still_draining: dict[MemberKey, float] = field(default_factory=dict)  # this tick's
 
     def stop(self, member: MemberKey, reason: str, failure: bool = False) -> None:
         """Stop a member; a failure counts towards its replica's restart backoff."""
@@ -59,6 +69,33 @@ class PlanWork:
         self.stopping.add(member)
         if failure:
             self.failed_now.add(member.replica)
+
+    def retire(self, member: MemberKey, reason: str, proc: ProcessObservation,
+               drain_s: float | None, multi_node: bool) -> bool:
+        """Stop a member on purpose (spec change, scale-in, delete, suspend, move). A
+        serving engine of a deployment with a drain timeout is announced first (its
+        replica shows Draining, so gateways stop sending it requests) and gets SIGTERM
+        DRAIN_ANNOUNCE_S later, with the drain timeout added to its stop grace. True when
+        the stop is planned now, False while the drain is being announced.
+
+        Multi-node replicas stop at once, as before: their Ray head or follower ranks
+        would go down beside a draining engine anyway."""
+        if drain_s is None or member.role != "engine" or multi_node or proc.health != "ready":
+            self.stop(member, reason)
+            return True
+        since = self.draining.get(member)
+        if since is None:
+            self.actions.append(Drain(member, f"{reason}; draining: out of the gateways "
+                                              f"first, then up to {drain_s:g} s for requests "
+                                              "in flight"))
+            self.still_draining[member] = self.now
+            return False
+        if self.now - since < DRAIN_ANNOUNCE_S:
+            self.still_draining[member] = since
+            return False
+        self.actions.append(Stop(member, f"{reason}; drained", drain_s=float(drain_s)))
+        self.stopping.add(member)
+        return True
 
     def live(self, member: MemberKey, proc: ProcessObservation | None) -> bool:
         """Running and not being stopped by this plan."""

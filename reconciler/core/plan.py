@@ -38,6 +38,7 @@ from reconciler.core.vocabulary import (
     Inventory,
     LaunchSpec,
     MarkReady,
+    MemberKey,
     ObservedState,
     Placement,
     Plan,
@@ -61,10 +62,12 @@ def plan(
     *,
     placement: Placement | None = None,
     previous: Mapping[ReplicaKey, ReplicaState] | None = None,
+    draining: Mapping[MemberKey, float] | None = None,
 ) -> Plan:
     """`placement`: the tick's placement of `desired` (computed here when not given);
     `previous`: the replica states recorded last tick (None: first sight, nothing to
-    check a state change against)."""
+    check a state change against); `draining`: the last plan's `draining` (members whose
+    drain is being announced, and since when)."""
     if desired is None:
         # Desired-unknown is not desired-empty: with no good revision yet, touch nothing.
         return Plan(
@@ -77,7 +80,8 @@ def plan(
         placement = place(desired)
     observed = fate_sharing.mp_peer_views(desired, placement, observed)
     wanted = wanted_members(desired, placement, node.name)
-    work = PlanWork(addresses={n.name: n.address for n in desired.cluster.spec.nodes})
+    work = PlanWork(addresses={n.name: n.address for n in desired.cluster.spec.nodes},
+                    now=now, draining=draining or {})
 
     # 1. processes that exited: forget them, counting unexpected exits as failures
     restarts.reap_exited(work, wanted, observed, inventory)
@@ -88,7 +92,13 @@ def plan(
             continue
         w = wanted.get(member)
         if w is None:
-            work.stop(member, why_unwanted(member, desired, placement, node.name))
+            # deleted, suspended, scaled in or moved: a deleted deployment's drain setting
+            # is gone with it, so its engines stop at once (and vanish from status)
+            dep = desired.deployments.get(member.replica.deployment)
+            where = placement.replicas.get(member.replica)
+            work.retire(member, why_unwanted(member, desired, placement, node.name), proc,
+                        dep.spec.rollout.drain_timeout_seconds if dep is not None else None,
+                        where is not None and where.multi_node)
         elif proc.spec_hash != w.spec_hash:
             rollout.replace_old(work, w, proc, observed, placement, node.name)
         else:
@@ -159,6 +169,7 @@ def plan(
         placement=placement,
         notes=tuple(_drift_notes(desired, observed, node.name)),
         refused=refused,
+        draining=dict(work.still_draining),
     )
 
 

@@ -29,10 +29,11 @@ def replace_old(
     report the replica Ready at its old hash, held back."""
     ok, why = _allows_replace(proc, w, observed, placement, node)
     if ok:
-        work.stop(
-            w.member,
-            f"{w.member.replica}: spec changed (hash {proc.spec_hash} -> {w.spec_hash}); {why}",
-        )
+        reason = f"{w.member.replica}: spec changed (hash {proc.spec_hash} -> {w.spec_hash}); {why}"
+        if not work.retire(w.member, reason, proc, w.dep.spec.rollout.drain_timeout_seconds,
+                           w.placement.multi_node):
+            work.statuses[w.member.replica] = status(
+                w, "Draining", "draining before it is replaced", node, proc, old=True)
     else:
         work.statuses[w.member.replica] = status(w, "Ready", why, node, proc, old=True)
 

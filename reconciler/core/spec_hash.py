@@ -3,11 +3,11 @@ changes.
 
 The material is what reaches the engine's and Ray's argv and environment: the model
 reference and served name, parallelism, executor, the engine settings and env, the port,
-the Cluster's network settings, engine defaults and Ray port layout. Fields that reach no
-process (replica count, rollout, probes, suspend, placement, the fit estimate's
-weightsDtype and architecture, spec.fit) are left out, so editing them never restarts an
-engine. Node addresses and the Ray block index are placement, not spec: a move shows as
-a move.
+the Cluster's network settings, engine defaults and Ray port layout, the drain timeout
+(vLLM's --shutdown-timeout). Fields that reach no process (replica count, the rest of
+rollout, probes, suspend, placement, the fit estimate's weightsDtype and architecture,
+spec.fit) are left out, so editing them never restarts an engine. Node addresses and
+the Ray block index are placement, not spec: a move shows as a move.
 
 Fields that joined the material later enter it only when they differ from their old
 value (`_LATER`), so that upgrading the daemon restarts no engine whose inputs did not
@@ -24,7 +24,7 @@ from schemas.v1alpha1 import Cluster, ModelDeployment
 
 HASH_LENGTH = 12
 # name -> the value every earlier hash implied (it was not in the material then)
-_LATER: dict[str, Any] = {"rayPortsStart": 20000}
+_LATER: dict[str, Any] = {"rayPortsStart": 20000, "drainTimeoutSeconds": None}
 # weightsDtype was in the material before it was known to reach no process: its old
 # default stands in for it, so the hash neither moves on upgrade nor when it is edited
 _WEIGHTS_DTYPE_PLACEHOLDER = "auto"
@@ -46,7 +46,10 @@ def hash_material(cluster: Cluster, dep: ModelDeployment) -> dict[str, Any]:
         ),
         "rayBlockSize": cluster.spec.ports.ray_block_size,
     }
-    later = {"rayPortsStart": cluster.spec.ports.ray.start}
+    # the drain timeout reaches vLLM as --shutdown-timeout (the rest of rollout reaches
+    # no process)
+    later = {"rayPortsStart": cluster.spec.ports.ray.start,
+             "drainTimeoutSeconds": spec.rollout.drain_timeout_seconds}
     for key, value in later.items():
         if value != _LATER[key]:
             material[key] = value

@@ -256,6 +256,18 @@ class Stop:
     member: MemberKey
     reason: str
     failure: bool = False  # counts towards the replica's restart backoff
+    # the engine drains for this long after SIGTERM (vLLM --shutdown-timeout): the stop
+    # waits that much longer before SIGKILL
+    drain_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Drain:
+    """Announce a stop: the replica shows Draining so that gateways take it out of their
+    tables; the Stop follows once DRAIN_ANNOUNCE_S have passed."""
+
+    member: MemberKey
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -275,7 +287,7 @@ class MarkReady:
     reason: str
 
 
-Action = Start | Stop | Reap | MarkReady
+Action = Start | Stop | Reap | MarkReady | Drain
 
 ReplicaState = Literal[
     "Pending", "Starting", "Ready", "Draining", "Stopped", "Failed", "CrashLoopBackOff"
@@ -310,7 +322,10 @@ class Plan:
     placement: Placement
     notes: tuple[str, ...] = ()  # node-level findings, e.g. GPU drift
     refused: tuple[RefusedTransition, ...] = ()  # state changes the lifecycle kept back
+    # member -> when its drain was announced, for members still announcing (the next
+    # tick's plan() gets it back: the only memory a drain needs)
+    draining: Mapping[MemberKey, float] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
-        return not any(isinstance(a, Start | Stop | Reap) for a in self.actions)
+        return not any(isinstance(a, Start | Stop | Reap | Drain) for a in self.actions)

@@ -1,0 +1,107 @@
+"""Draining before a stop (rollout.drainTimeoutSeconds): the replica is announced
+Draining first (gateways drop it from their tables), the engine gets SIGTERM
+DRAIN_ANNOUNCE_S later with the drain timeout added to its stop grace, and vLLM is
+launched with --shutdown-timeout so it finishes the requests in flight."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from reconciler.core.members import DRAIN_ANNOUNCE_S
+from reconciler.core.plan import plan
+from reconciler.core.spec_hash import spec_hash
+from reconciler.core.vocabulary import Drain, MemberKey, Plan, ReplicaKey, Stop
+from testrigs.builders import cluster, ctx, deployment, desired, gpus, node, observed, proc
+from tests.unit.core.plan_helpers import EMPTY, kinds
+
+C = cluster(node("n0", gpus=2))
+ENGINE = MemberKey(ReplicaKey("llama", 0), "engine")
+DRAIN = {"drainTimeoutSeconds": 20}
+
+
+def dep(max_len: int, rollout: dict[str, Any] | None = None, **spec: Any) -> Any:
+    return deployment("llama", engine={"maxModelLen": max_len},
+                      rollout=DRAIN if rollout is None else rollout,
+                      **spec)
+
+
+OLD, NEW = dep(1024), dep(2048)
+H_OLD = spec_hash(C, OLD)
+
+
+def tick(d: Any, now: float, draining: Mapping[MemberKey, float] | None = None,
+         health: str = "ready", *deps: Any) -> Plan:
+    obs = observed("n0", gpus(2), proc("llama", spec_hash=H_OLD, health=health))
+    want = desired(C, d, *deps) if d is not None else desired(C, *deps)
+    return plan(want, obs, EMPTY, now, ctx("n0"), draining=draining)
+
+
+def test_a_spec_change_announces_the_drain_then_stops_after_the_announce() -> None:
+    p1 = tick(NEW, 100.0)
+    assert kinds(p1) == ["Drain:llama/0/engine"]
+    assert p1.replicas[ReplicaKey("llama", 0)].state == "Draining"
+    assert p1.replicas[ReplicaKey("llama", 0)].spec_hash == H_OLD  # still the old engine
+    assert p1.draining == {ENGINE: 100.0}
+    # still announcing: nothing to do, still Draining, the start time carried on
+    p2 = tick(NEW, 100.0 + DRAIN_ANNOUNCE_S - 0.1, p1.draining)
+    assert kinds(p2) == [] and p2.draining == {ENGINE: 100.0}
+    assert p2.replicas[ReplicaKey("llama", 0)].state == "Draining"
+    # announced long enough: SIGTERM with the drain on top of the grace, replacement starts
+    p3 = tick(NEW, 100.0 + DRAIN_ANNOUNCE_S, p2.draining)
+    assert kinds(p3) == ["Stop:llama/0/engine", "Start:llama/0/engine"]
+    stop = p3.actions[0]
+    assert isinstance(stop, Stop) and stop.drain_s == 20.0 and "drained" in stop.reason
+    assert p3.draining == {}
+
+
+@pytest.mark.parametrize(("case", "want"), [
+    ("scaled in", ["Drain:llama/0/engine"]),
+    ("suspended", ["Drain:llama/0/engine"]),
+    ("deleted", ["Stop:llama/0/engine"]),  # its drain setting went with it
+])
+def test_stops_on_purpose_drain_where_the_spec_still_says_how(case: str, want: list[str]
+                                                               ) -> None:
+    if case == "scaled in":
+        d = dep(1024, replicas=0)
+    elif case == "suspended":
+        d = dep(1024, suspend=True)
+    else:
+        d = None
+    p = tick(d, 50.0, None, "ready", deployment("other", port=9000))
+    assert [k for k in kinds(p) if "llama" in k] == want
+    assert ReplicaKey("llama", 0) not in p.replicas or p.replicas[
+        ReplicaKey("llama", 0)].state != "Ready"  # out of the gateways at once
+
+
+@pytest.mark.parametrize(("why", "d", "health"), [
+    ("no drain timeout set: stop at once, as before", dep(2048, rollout={}), "ready"),
+    ("not serving yet: nothing to protect", NEW, "starting"),
+])
+def test_no_drain(why: str, d: Any, health: str) -> None:
+    p = tick(d, 10.0, None, health)
+    assert kinds(p)[0] == "Stop:llama/0/engine", why
+    stop = p.actions[0]
+    assert isinstance(stop, Stop) and stop.drain_s == 0.0
+    assert not any(isinstance(a, Drain) for a in p.actions)
+
+
+def test_a_change_reverted_while_draining_calls_the_drain_off() -> None:
+    p1 = tick(NEW, 10.0)
+    assert p1.draining
+    p2 = tick(OLD, 11.0, p1.draining)
+    assert not any(isinstance(a, Drain | Stop) for a in p2.actions) and p2.draining == {}
+    assert p2.replicas[ReplicaKey("llama", 0)].state == "Ready"
+
+
+def test_the_engine_is_launched_with_vllm_drain_and_the_hash_moves_only_when_set() -> None:
+    p = plan(desired(C, NEW), observed("n0", gpus(2)), EMPTY, 0.0, ctx("n0"))
+    argv = list(p.actions[0].launch.argv)  # type: ignore[union-attr]
+    assert argv[argv.index("--shutdown-timeout") + 1] == "20"
+    plain = dep(2048, rollout={})
+    p = plan(desired(C, plain), observed("n0", gpus(2)), EMPTY, 0.0, ctx("n0"))
+    assert "--shutdown-timeout" not in p.actions[0].launch.argv  # type: ignore[union-attr]
+    assert spec_hash(C, plain) != spec_hash(C, NEW)  # argv differs
+    assert spec_hash(C, plain) == spec_hash(C, dep(2048, rollout={"maxUnavailable": 2}))
