@@ -16,7 +16,7 @@ from reconciler.core.vocabulary import Health, ProcessObservation
 from reconciler.ports.processes.log_rotation import last_log_line
 from reconciler.ports.processes.members import leader_alive
 from reconciler.ports.processes.probe import probe_engine
-from reconciler.ports.processes.proc import age_seconds
+from reconciler.ports.processes.proc import age_seconds, read_environ
 from reconciler.ports.processes.sockets import is_listening, probe_host
 from reconciler.ports.processes.state_files import EngineRecord
 
@@ -66,6 +66,13 @@ def check_exit(tracked: Tracked, log_path: Path) -> None:
     tracked.detail = f"last log line: {line}" if line else ""
 
 
+def engine_api_key(pid: int) -> str | None:
+    """The key an engine demands (VLLM_API_KEY, set from engine.secretEnvFiles: the one
+    gateways hold), read from its own environment so that no state file holds it."""
+    env = read_environ(pid) if pid > 0 else None
+    return (env or {}).get("VLLM_API_KEY") or None
+
+
 def probe(tracked: Tracked) -> tuple[bool, str]:
     """(ready, detail) of one probe of the member, by its role (network I/O, no lock)."""
     rec = tracked.record
@@ -78,7 +85,8 @@ def probe(tracked: Tracked) -> tuple[bool, str]:
             or time.monotonic() - tracked.last_full_probe >= FULL_PROBE_EVERY_S
         )
         ok, detail = probe_engine(
-            probe_host(rec.host), rec.port, rec.served_name, rec.probe_timeout_s, models=full
+            probe_host(rec.host), rec.port, rec.served_name, rec.probe_timeout_s, models=full,
+            api_key=engine_api_key(rec.pid) if full else None,
         )
         if ok and full:
             tracked.last_full_probe = time.monotonic()
