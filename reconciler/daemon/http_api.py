@@ -1,5 +1,6 @@
 """The daemon's one HTTP listener: /metrics, /status, /healthz, /sd/engines (Prometheus
-service discovery of its engines) and POST /webhook.
+service discovery of its engines), the console's read-only /history and /logs (engine logs,
+bounded: reconciler.daemon.engine_logs) and POST /webhook.
 
 stdlib `ThreadingHTTPServer` in a thread of its own. Handlers never touch the reconcile
 loop: they read the last snapshot (taken under a lock by the worker) and, for a webhook,
@@ -19,8 +20,11 @@ import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
+from reconciler.daemon import engine_logs
 from reconciler.daemon.discovery import SD_PATH, engine_targets
 from reconciler.daemon.metrics import CONTENT_TYPE_LATEST, Metrics
 from reconciler.daemon.webhook_auth import WebhookAuth, verify_webhook
@@ -83,6 +87,13 @@ class _Handler(BaseHTTPRequestHandler):
                 # Prometheus http_sd_configs: this node's engines with their labels
                 body = json.dumps(engine_targets(api.status())).encode() + b"\n"
                 self._send(200, body, "application/json")
+            elif path == "/history" and api.history is not None:
+                self._send(200, json.dumps(api.history()).encode(), "application/json")
+            elif path == "/logs" and api.state_dir is not None:
+                body = json.dumps(engine_logs.list_logs(api.state_dir)).encode()
+                self._send(200, body, "application/json")
+            elif path.startswith("/logs/") and api.state_dir is not None:
+                self._log_piece(api.state_dir, path.removeprefix("/logs/"))
             elif path in ("/healthz", "/livez", "/readyz"):
                 ok, detail = api.healthz()
                 self._send(200 if ok else 503, (detail + "\n").encode())
@@ -90,6 +101,21 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(404, b"not found\n")
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+    def _log_piece(self, state_dir: Path, member: str) -> None:
+        query = parse_qs(self.path.partition("?")[2])
+        try:
+            offset = int(query["offset"][0]) if "offset" in query else None
+            limit = int(query.get("limit", [str(engine_logs.MAX_CHUNK)])[0])
+        except ValueError:
+            self._send(400, b"offset and limit are byte counts\n")
+            return
+        try:
+            piece = engine_logs.read_log(state_dir, member, offset, limit)
+        except engine_logs.LogNotFound as exc:
+            self._send(404, (str(exc) + "\n").encode())
+            return
+        self._send(200, json.dumps(piece).encode(), "application/json")
 
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -118,7 +144,11 @@ class HttpApi:
         webhook_secret: Callable[[], bytes | None],
         on_webhook: Callable[[], None],
         max_body_bytes: int = MAX_WEBHOOK_BODY,
+        history: Callable[[], dict[str, Any]] | None = None,
+        state_dir: Path | None = None,
     ) -> None:
+        self.history = history
+        self.state_dir = state_dir
         self.metrics = metrics
         self.status = status
         self.healthz = healthz

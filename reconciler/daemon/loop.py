@@ -52,6 +52,7 @@ from reconciler.control.reconcile import Ports, Reconciler, TickResult
 from reconciler.core.vocabulary import MemberKey
 from reconciler.daemon import wiring
 from reconciler.daemon.conditions import Conditions
+from reconciler.daemon.history import History
 from reconciler.daemon.http_api import HttpApi
 from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.publish import Publisher, take_snapshot
@@ -91,6 +92,7 @@ class Daemon:
         self._reload_due = False
         self._errors: deque[ErrorEntry] = deque(maxlen=20)
         self.publisher = Publisher(self.metrics, self.notifier)
+        self.history = History()  # the console's plots: an hour in memory
         self._started_wall = time.time()
         self._progress = time.monotonic()  # last sign of life of the worker loop
         self._reloaded_at: float | None = None
@@ -136,6 +138,8 @@ class Daemon:
                 healthz=self.healthz,
                 webhook_secret=lambda: self.secrets.webhook,
                 on_webhook=lambda: self.request_fetch("webhook"),
+                history=self.history.view,
+                state_dir=config.state_dir,
             )
 
     def secret_values(self) -> tuple[str, ...]:
@@ -358,11 +362,12 @@ class Daemon:
                              started_at=self._started_wall, reloaded_at=self._reloaded_at)
 
     def _publish(self) -> None:
-        self.publisher.publish(
+        status = self.publisher.publish(
             self._snapshot(),
             restarts_total=self.reconciler.restarts_total,
             illegal_transitions=self.reconciler.refused_transitions,
         )
+        self.history.record(status)
 
     # --- reload -------------------------------------------------------------------------
 

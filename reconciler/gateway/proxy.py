@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from reconciler.gateway import errors
+from reconciler.gateway import console, errors
 from reconciler.gateway.auth import KeyRing
 from reconciler.gateway.balance import pick
 from reconciler.gateway.metrics import CONTENT_TYPE_LATEST, UNKNOWN_MODEL, GatewayMetrics
@@ -353,6 +353,7 @@ def build_app(state: GatewayState) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     # `/` is the console's (issue 15): static files from gateway/static/
+    console.add_routes(app)
     app.router.add_get("/", _index)
     app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
     app.router.add_route("*", "/{tail:.*}", unknown_route)

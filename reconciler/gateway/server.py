@@ -16,6 +16,7 @@ import signal
 from aiohttp import web
 
 from reconciler.desired.node_config import read_secret
+from reconciler.gateway import console
 from reconciler.gateway.auth import KeyRing, entry
 from reconciler.gateway.discovery import Discovery
 from reconciler.gateway.proxy import GatewayState, Settings, build_app
@@ -91,6 +92,7 @@ async def serve(node: NodeConfig, *, ready: asyncio.Event | None = None,
         on_source=lambda src, ok: state.metrics.source_up.labels(src).set(1 if ok else 0),
     )
     app = build_app(state)
+    app[console.SOURCES] = console.Sources(discovery.local_url, config.peers, state.keys)
     runner = web.AppRunner(app, handler_cancellation=True,
                            shutdown_timeout=config.shutdown_grace_seconds, access_log=None)
     await runner.setup()
