@@ -14,6 +14,7 @@ if [[ "${SKIP_ENGINE_INSTALL:-0}" != 1 ]]; then
   scripts/install-engine-env.sh --cpu .venv-engine
 fi
 scripts/install-prometheus.sh  # promtool rule tests, the Prometheus system test
+scripts/install-chromium.sh  # the console's browser tests (headless Chromium)
 export RECONCILER_ENGINE_PYTHON="${RECONCILER_ENGINE_PYTHON:-$PWD/.venv-engine/bin/python}"
 
 echo "[test] ruff" >&2

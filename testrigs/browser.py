@@ -57,7 +57,7 @@ class Browser:
 
     def console(self) -> list[dict[str, Any]]:
         """Every console entry since the last call (and kept in `seen`)."""
-        entries: list[dict[str, Any]] = self.driver.get_log("browser")
+        entries: list[dict[str, Any]] = self.driver.get_log("browser")  # type: ignore[no-untyped-call]
         self.seen.extend(entries)
         return entries
 

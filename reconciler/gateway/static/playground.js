@@ -117,7 +117,7 @@ export class Playground {
         h("label", {}, "temperature ", this.temperature), " ",
         h("label", {}, "max tokens ", this.maxTokens), " ",
         h("label", {}, this.compare, " compare two models"), " ",
-        h("button", { type: "button", onclick: () => { this.a.clear(); this.b.clear(); } }, "Clear")),
+        h("button", { id: "pg-clear", type: "button", onclick: () => { this.a.clear(); this.b.clear(); } }, "Clear")),
       this.prompt, this.send);
     replace(el, h("h2", { class: "title" }, "Playground"), this.panels, form);
     this.layout();
