@@ -297,7 +297,9 @@ async def _relay(request: web.Request, state: GatewayState, upstream: aiohttp.Cl
             if first:
                 state.metrics.ttfb.labels(label).observe(time.monotonic() - started)
                 first = False
-            await asyncio.wait_for(resp.write(chunk), write_timeout)
+            # asyncio.timeout, not wait_for: no task per chunk on the hot path
+            async with asyncio.timeout(write_timeout):
+                await resp.write(chunk)
     except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
             aiohttp.ClientOSError) as exc:
         if isinstance(exc, TimeoutError) and _client_stalled(request):
