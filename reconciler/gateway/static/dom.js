@@ -1,4 +1,4 @@
-// Building the page without innerHTML: every string becomes a text node, so a name from
+// Building the page without HTML parsing: every string becomes a text node, so a name from
 // the repo or an engine ("<img src=x onerror=...>") shows as those characters.
 
 export function h(tag, attrs = {}, ...children) {
