@@ -18,12 +18,12 @@ POOLS = 4
 STATUS_PORT = 59500  # outside both port ranges
 
 
-def address(i: int, loopback: bool = False) -> str:
-    """loopback: where nothing listens, so that a daemon's peer queries are refused at once."""
-    return f"127.{1 + i // 250}.{i % 250}.1" if loopback else f"10.{i // 250}.{i % 250}.1"
+def address(i: int, net: str = "10") -> str:
+    """Node i's address: 10.x.y.1, or in a /16 such as 198.19 (net="198.19")."""
+    return f"10.{i // 250}.{i % 250}.1" if net == "10" else f"{net}.{i // 250}.{i % 250 + 1}"
 
 
-def cluster_yaml(n_nodes: int, loopback: bool = False) -> str:
+def cluster_yaml(n_nodes: int, net: str = "10") -> str:
     lines = [
         f"apiVersion: {API}",
         "kind: Cluster",
@@ -39,7 +39,7 @@ def cluster_yaml(n_nodes: int, loopback: bool = False) -> str:
     for i in range(n_nodes):
         lines += [
             f"    - name: n{i}",
-            f"      address: {address(i, loopback)}",
+            f"      address: {address(i, net)}",
             f"      statusPort: {STATUS_PORT}",
             "      labels:",
             f"        pool: p{i % POOLS}",
@@ -81,12 +81,12 @@ spec:
 
 
 def write_repo(
-    root: Path, nodes: int, deployments: int, files: int = 20, loopback: bool = False
+    root: Path, nodes: int, deployments: int, files: int = 20, net: str = "10"
 ) -> list[Path]:
     """Write the repo under `root` (created); returns the files written."""
     root.mkdir(parents=True, exist_ok=True)
     written = [root / "cluster.yaml"]
-    written[0].write_text(cluster_yaml(nodes, loopback))
+    written[0].write_text(cluster_yaml(nodes, net))
     per_file = 1 if files <= 0 else -(-deployments // files)
     for start in range(0, deployments, per_file):
         chunk = range(start, min(start + per_file, deployments))
