@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from reconciler.cli.common import (
     cluster_roots,
     print_problems,
 )
+from reconciler.core.printable import escape_controls
 from reconciler.desired.fit import format_table
 from reconciler.desired.validation import check_revision
 
@@ -46,6 +48,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             if rows:
                 print(format_table(rows))
             print()
+        for note in uncommitted(root):
+            print(f"note: {escape_controls(note)}", file=sys.stderr)
         if not verdict.valid:
             print_problems(verdict.problems)
             print(f"{root}: INVALID, {len(verdict.problems)} problem(s)", file=sys.stderr)
@@ -53,6 +57,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(reports, indent=2))
     return status
+
+
+def uncommitted(root: Path) -> list[str]:
+    """YAML files under `root` that git does not have as they are here: the daemon reads
+    the committed revision, so validating a working tree can pass on files no node sees."""
+    if not root.is_dir():
+        return []
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain=v1", "-z", "--ignored",
+             "--untracked-files=all", "--", "."],
+            capture_output=True, timeout=30, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if proc.returncode != 0:
+        return []  # not a git working tree: nothing to compare with
+    notes = []
+    for entry in proc.stdout.decode("utf-8", "replace").split("\0"):
+        if len(entry) < 4 or not entry.endswith((".yaml", ".yml")):
+            continue
+        code, name = entry[:2], entry[3:]
+        what = {"??": "not committed", "!!": "ignored by git"}.get(code, "changed since the "
+                                                                      "last commit")
+        notes.append(f"{name} is {what}: the daemon reads only what is committed")
+    return notes
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -261,3 +261,20 @@ def test_fit_override_is_accepted_and_shown(
     assert row.split()[-1] == "overridden"
     assert "chat: estimate says does not fit: needs" in out
     assert "overridden: runs at 0.95, measured" in out
+
+
+def test_validate_notes_yaml_that_is_not_committed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import subprocess
+
+    root = write_case(tmp_path / "repo", {})
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@e", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "x"]):
+        subprocess.run(["git", "-C", str(root), *args], check=True, env=env)
+    (root / "later.yaml").write_text(edit(CHAT, "name: chat", "name: later").replace(
+        "port: 8000", "port: 8010"))
+    assert main(["validate", str(root)]) == 0
+    err = capsys.readouterr().err
+    assert "note: later.yaml is not committed: the daemon reads only what is committed" in err
