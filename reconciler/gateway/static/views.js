@@ -109,11 +109,15 @@ function memberChips(list, r) {
   }));
 }
 
+// when the leading node's daemon first saw the replica Ready (its in-memory history)
+function since(histories, r, key) {
+  const at = histories[r.from]?.readySince?.[key];
+  return at ? ago(at) : "–";
+}
+
 export function renderDeployments(el, nodes, histories) {
   const deps = new Map();
   for (const n of nodes) for (const d of n.status?.deployments || []) deps.set(d.name, d);
-  const ready = {};
-  for (const hist of Object.values(histories)) Object.assign(ready, hist?.readySince || {});
   const { byKey, members } = replicasOf(nodes);
   const sections = [...deps.values()].sort((a, b) => a.name.localeCompare(b.name)).map((d) => {
     const reps = [...byKey.values()].filter((r) => r.deployment === d.name)
@@ -128,7 +132,7 @@ export function renderDeployments(el, nodes, histories) {
         h("td", {}, r.gpus.join(", ") || "–"),
         h("td", {}, r.port ?? "–"),
         h("td", { class: "restarts" }, String(r.restarts)),
-        h("td", { class: "since" }, ready[key] ? ago(ready[key]) : "–"),
+        h("td", { class: "since" }, since(histories, r, key)),
         h("td", { class: "hash" }, short(r.specHash)),
         h("td", {}, memberChips(members.get(key), r),
           r.ray ? h("div", { class: "muted" }, `Ray: ${r.ray.members.length} alive, ${r.ray.gpus} GPUs`,
