@@ -342,8 +342,10 @@ class Rollout(Strict):
         default=0, ge=0, le=0, description="reserved; replicas are replaced in place (0)"
     )
     max_unavailable: int = Field(default=1, ge=1, description="replicas replaced at once")
+    # at most 60: the stop waits drain + the node's stop grace inside one tick, which must
+    # stay under the daemon unit's WatchdogSec (120 s)
     drain_timeout_seconds: int | None = Field(
-        default=None, ge=1, le=3600,
+        default=None, ge=1, le=60,
         description=(
             "drain before a stop: the replica first leaves the gateways' tables (status "
             "Draining for a few seconds), then vLLM gets SIGTERM with --shutdown-timeout "
