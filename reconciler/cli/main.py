@@ -10,12 +10,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from reconciler.cli import diff, engine, gateway, lock, node, plan, validate
+from reconciler.cli import diff, engine, gateway, lock, models, node, plan, validate
 from reconciler.cli.common import EXIT_INVALID, EXIT_OK, Registry
 from reconciler.core.errors import ReconcilerError
 from reconciler.core.printable import escape_controls
 
-GROUPS = (validate, plan, diff, lock, node, engine, gateway)
+GROUPS = (validate, plan, diff, lock, node, engine, gateway, models)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, Registry]:

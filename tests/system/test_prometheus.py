@@ -108,8 +108,12 @@ def port_block(size: int) -> int:
 
 
 def http_status(url: str, timeout: float = 2.0) -> int:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # loopback only
-        return int(resp.status)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # loopback only
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:  # e.g. 503 while Prometheus starts
+        exc.close()
+        return int(exc.code)
 
 
 def get_json(url: str, timeout: float = 5.0) -> Any:
@@ -172,6 +176,7 @@ class Rig:
             data: dict[str, Any] = get_json(url)
         except urllib.error.HTTPError as exc:  # 400/422: a bad expression
             data = json.loads(exc.read())
+            exc.close()
         return data
 
     def vector(self, expr: str) -> list[dict[str, Any]]:
@@ -333,6 +338,14 @@ def test_engine_series_found_through_discovery(rig: Rig) -> None:
         assert len(got) == 1, (name, got)
     ttft = rig.vector('vllm:time_to_first_token_seconds_count{deployment="chat"}')
     assert float(ttft[0]["value"][1]) >= 1
+    print("as Prometheus sees them:")
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting",
+                 "vllm:kv_cache_usage_perc", "vllm:time_to_first_token_seconds_count",
+                 "vllm:generation_tokens_total"):
+        for sample in rig.vector(f'{name}{{job="vllm"}}'):
+            labels = ", ".join(f'{k}="{v}"' for k, v in sorted(sample["metric"].items())
+                               if k != "__name__")
+            print(f"  {name}{{{labels}}} {sample['value'][1]}")
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
