@@ -15,20 +15,37 @@ attributes that status and metrics read; `except TemporaryError` is how code ret
         │   │                           empty command line, not executable)
         │   ├── IllegalTransition       a replica state change outside the lifecycle table
         │   │                           (core/lifecycle.py; a bug)
-        │   └── PermanentSourceError    the commit itself is refused (unsigned, too large,
-        │                               not a fast-forward...)   (ports/git_source.py)
+        │   ├── PermanentSourceError    the commit itself is refused (unsigned, too large,
+        │   │                           not a fast-forward...)   (ports/git/protocol.py)
+        │   ├── RevisionError           a revision cannot be resolved or exported for
+        │   │                           `reconciler diff`   (desired/revisions.py)
+        │   ├── GatewayConfigError      the gateway's keys cannot be read   (gateway/server.py;
+        │   │                           also a ValueError)
+        │   ├── LogNotFound             no such member or log   (daemon/engine_logs.py; also
+        │   │                           a LookupError)
+        │   ├── PrepareError            a step of preparing the demo model failed
+        │   │                           (demo/prepare_model.py)
+        │   └── _TooLarge               a YAML document over the size limit, reported as a
+        │                               Problem   (desired/yaml_positions.py, private)
         └── TemporaryError              something outside may recover by itself: retry
             ├── EngineStartFailed       the start failed this time (port taken, state
             │                           file not writable)
-            ├── TemporarySourceError    network, disk, a broken mirror  (ports/git_source.py)
-            ├── ChatError               the engine did not answer a chat  (ports/openai_client.py)
-            └── RayQueryError           the Ray head could not be asked  (ports/ray_nodes.py)
+            ├── TemporarySourceError    network, disk, a broken mirror   (ports/git/protocol.py)
+            ├── GitFailed               one git command failed   (ports/git/runner.py)
+            ├── ChatError               the engine did not answer a chat   (ports/openai_client.py)
+            ├── RayQueryError           the Ray head could not be asked   (ports/ray_nodes.py)
+            ├── RayJoinError            the fake Ray found no head to join   (testing/ray_nodes.py;
+            │                           also a RuntimeError)
+            └── _NvmlBroken             NVML as a whole stopped working; the observation is
+                                        abandoned   (ports/gpus.py, private)
 
 Two families cut across the tree, so callers can catch one concern whatever its
 retry class: `EngineStartError` (EngineStartRefused | EngineStartFailed) and
-`SourceError` (PermanentSourceError | TemporarySourceError, in ports/git_source.py).
-Private control-flow errors of a module (e.g. NVML as a whole broken) derive from
-`TemporaryError` too and never leave their module.
+`SourceError` (PermanentSourceError | TemporarySourceError, in ports/git/protocol.py).
+An error that also derives from a builtin (ValueError, LookupError, RuntimeError) keeps
+it, so older `except` clauses still catch it. A test
+(tests/unit/core/test_error_tree.py) checks that every exception class defined under
+reconciler/ is in this tree.
 """
 
 from __future__ import annotations

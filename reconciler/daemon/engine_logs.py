@@ -15,6 +15,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from reconciler.core.errors import PermanentError
+
 MEMBER_RE = re.compile(
     r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.[0-9]{1,5}\.(engine|ray-head|ray-worker)$"
 )
@@ -23,8 +25,10 @@ DEFAULT_TAIL = 64 * 1024
 MAX_LISTED = 500
 
 
-class LogNotFound(LookupError):
-    pass
+class LogNotFound(PermanentError, LookupError):
+    """No such member, or no log of it on this node."""
+
+    reason = "LogNotFound"
 
 
 def valid_member(name: str) -> bool:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from reconciler.core.errors import PermanentError
 from reconciler.ports.git import GitSourceConfig, SourceError, normalize_repo_path
 from reconciler.ports.git.export import materialize
 from reconciler.ports.git.runner import GitRunner
 
 
-class RevisionError(Exception):
+class RevisionError(PermanentError):
     """A revision could not be resolved or exported: say which and why, in one line."""
 
 

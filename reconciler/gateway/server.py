@@ -15,6 +15,7 @@ import signal
 
 from aiohttp import web
 
+from reconciler.core.errors import PermanentError
 from reconciler.desired.node_config import read_secret
 from reconciler.gateway import console
 from reconciler.gateway.auth import KeyRing, entry
@@ -25,8 +26,10 @@ from schemas.nodeconfig import GatewayConfig, NodeConfig
 _log = logging.getLogger(__name__)
 
 
-class GatewayConfigError(ValueError):
-    pass
+class GatewayConfigError(PermanentError, ValueError):
+    """The gateway part of the node config cannot be used (a key file unreadable, empty)."""
+
+    reason = "InvalidGatewayConfig"
 
 
 def load_keys(config: GatewayConfig) -> KeyRing:

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from reconciler.core.errors import TemporaryError
 from reconciler.core.ray_argv import SPEC_HASH_LABEL
 from reconciler.core.vocabulary import LaunchSpec, MemberKey, ProcessObservation, RayView
 from reconciler.ports.ray_nodes import RayClusterView, RayNode, replica_view
@@ -34,7 +35,7 @@ RAY_VERSION = "2.60.0"
 PYTHON_VERSION = "3.11.7"
 
 
-class RayJoinError(RuntimeError):
+class RayJoinError(TemporaryError, RuntimeError):
     """`ray start --address` found no head there (the real one retries, then exits 1)."""
 
 
