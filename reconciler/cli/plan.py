@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,20 @@ from reconciler.core.vocabulary import (
 from reconciler.desired.state import DesiredState
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+def as_the_node_does(m: ConvergedMember, observed: ObservedState, p: Plan) -> ConvergedMember:
+    """The converged member on the GPUs this node gives it: the next tick's Start, or the
+    running process's GPUs (kept), not the ideal 0..n numbering of an empty node."""
+    start = next((a for a in p.actions if isinstance(a, Start) and a.member == m.member), None)
+    if start is not None:
+        return replace(m, launch=start.launch)
+    proc = observed.processes.get(m.member)
+    if (proc is not None and proc.running and proc.spec_hash == m.launch.spec_hash
+            and proc.gpus != m.launch.gpus and m.launch.gpus):
+        env = {**m.launch.env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, proc.gpus))}
+        return replace(m, launch=replace(m.launch, gpus=proc.gpus, env=env))
+    return m
 
 
 def member_status(m: ConvergedMember, observed: ObservedState) -> str:
@@ -146,7 +161,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         inventory, observed = view.inventory, view.observed
         ctx = view.ctx or NodeContext(name=node, python=args.engine_python, ray=args.engine_ray)
         p = plan(desired, observed, inventory, now, ctx, placement=placement)
-        members = [(m, member_status(m, observed)) for m in node_members(desired, placement, ctx)]
+        members = [(as_the_node_does(m, observed, p), member_status(m, observed))
+                   for m in node_members(desired, placement, ctx)]
         seen: set[str] = set()
         steps: list[str] = []
         for m, _ in members:

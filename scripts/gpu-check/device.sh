@@ -44,6 +44,10 @@ done
 echo "pieces so far: $(cut -d' ' -f1 $SITE/.pieces 2>/dev/null | tr '\n' ' ')"
 rc=0
 if [ ${#scenarios[@]} -gt 0 ]; then
+  # The daemon reads a Ray head's GCS with the engine python run isolated (`python -I`:
+  # no PYTHONPATH), so Ray must import from the interpreter's own site-packages: a .pth
+  # file there adds /tmp/site (a real engine venv has Ray installed in it).
+  echo $SITE > "$(python3 -c 'import site; print(site.getsitepackages()[0])')/gpucheck-site.pth"
   {
     echo "## host $(date -u +%FT%TZ) $(uname -r)"
     nvidia-smi --query-gpu=index,uuid,name,memory.total,memory.used,driver_version --format=csv

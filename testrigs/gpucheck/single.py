@@ -259,7 +259,7 @@ def scenario_two_gpus(env: Env, run: Run, model: Path) -> None:
                       "still Pending 3 s later, nothing started", json.dumps(r2)[:300])
             plan_out = _plan_on_node(env, d, repo)
             run.note("s2 reconciler plan on the node (two waiting)", plan_out)
-            run.check("Pending" in plan_out and str(holder_pid) in plan_out,
+            run.check("waiting for GPUs" in plan_out and str(holder_pid) in plan_out,
                       "plan on the node says Pending for the same reason", plan_out[-400:])
         t_leave = time.time()
         holder.kill()
