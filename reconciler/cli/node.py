@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from reconciler.cli.common import EXIT_INVALID, EXIT_OK, Handler
 from reconciler.desired.node_config import InvalidNodeConfig, load_node_config, read_secret
-from reconciler.ports.git_source import CommitInfo, SourceError
+from reconciler.ports.git import CommitInfo, SourceError
 from reconciler.ports.peer_fanout import ask_all
 from reconciler.ports.peers import PeerAddress, fetch_status
 from schemas.nodeconfig import NodeConfig
@@ -322,7 +322,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from reconciler.daemon import log_format as logjson
     from reconciler.daemon.wiring import git_source_config
     from reconciler.desired.source_sync import SourceSync
-    from reconciler.ports.git_source import GitPythonSource
+    from reconciler.ports.git import GitPythonSource
 
     config = _load(args.config)
     if config is None:

@@ -14,7 +14,7 @@ from reconciler.control.reconcile import TickResult
 from reconciler.core.vocabulary import ReplicaKey, ReplicaStatus
 from reconciler.desired.source_sync import SourceFailure
 from reconciler.desired.state import DesiredState
-from reconciler.ports.git_source import CommitInfo
+from reconciler.ports.git import CommitInfo
 
 
 def iso(ts: float | None) -> str | None:

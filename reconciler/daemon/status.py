@@ -17,7 +17,7 @@ from reconciler.daemon.conditions import Conditions, compute_conditions
 from reconciler.daemon.gpu_account import gpu_account
 from reconciler.daemon.snapshot import Snapshot, iso
 from reconciler.desired.state import DesiredState
-from reconciler.ports.git_source import CommitInfo, redact_url
+from reconciler.ports.git import CommitInfo, redact_url
 from schemas import status as doc
 from schemas.status import NodeStatus
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from reconciler.ports.git_source import LocalRefWatcher
+from reconciler.ports.local_watch import LocalRefWatcher
 from schemas.nodeconfig import NodeConfig
 
 log = logging.getLogger(__name__)

@@ -19,12 +19,7 @@ from reconciler.core.vocabulary import LaunchSpec, MemberKey, ProcessObservation
 from reconciler.desired.node_config import load_node_config, read_secret
 from reconciler.desired.state import DesiredState
 from reconciler.ports.clock import Clock, SystemClock
-from reconciler.ports.git_source import (
-    GitPythonSource,
-    GitSource,
-    GitSourceConfig,
-    is_local_url,
-)
+from reconciler.ports.git import GitPythonSource, GitSource, GitSourceConfig, is_local_url
 from reconciler.ports.gpus import GpuPort, gpu_port_from_config
 from reconciler.ports.peers import HttpPeers, PeerAddress, PeerPort
 from reconciler.ports.processes import LocalProcessPort, ProcessPort

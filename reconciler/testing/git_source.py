@@ -24,12 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from reconciler.ports.git_source import (
-    CommitInfo,
-    SignaturePolicy,
-    SourceError,
-    normalize_repo_path,
-)
+from reconciler.ports.git import CommitInfo, SignaturePolicy, SourceError, normalize_repo_path
 
 Signed = bool | Literal["unknown-key"]
 

@@ -43,7 +43,7 @@ def test_contract_is_kept() -> None:
     [
         pytest.param(
             "reconciler/core/placement.py",
-            "import reconciler.ports.git_source",
+            "import reconciler.ports.git",
             "Layers",
             id="core-imports-a-port",
         ),
