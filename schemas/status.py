@@ -33,7 +33,7 @@ ReplicaState = Literal[
     "Pending", "Starting", "Ready", "Draining", "Stopped", "Failed", "CrashLoopBackOff"
 ]
 ReplicaRole = Literal["single", "leader", "follower"]
-MemberRole = Literal["engine", "ray-head", "ray-worker"]
+MemberRole = Literal["engine", "ray-head", "ray-worker", "surge"]
 Health = Literal["ready", "starting", "unhealthy"]
 GpuState = Literal["assigned", "free", "foreign", "unhealthy", "unmanaged"]
 ActionKind = Literal["Start", "Stop", "Reap", "MarkReady", "Drain"]

@@ -336,10 +336,16 @@ class Probes(Strict):
 
 class Rollout(Strict):
     strategy: Literal["RollingUpdate", "Recreate"] = "RollingUpdate"
-    # Each replica owns its port (spec.port + index) and its GPUs, so a replacement runs
-    # where its predecessor ran: replicas are replaced in place and surge is not offered.
+    # Each replica owns its port (spec.port + index) and its GPUs. With maxSurge 1 a
+    # single-node replica's new engine first starts beside the old one, on free GPUs of the
+    # same node and the port after the replicas' (spec.port + replicas), and takes the
+    # traffic (through the gateways) until the replica's own engine runs the new spec.
     max_surge: int = Field(
-        default=0, ge=0, le=0, description="reserved; replicas are replaced in place (0)"
+        default=0, ge=0, le=1,
+        description=(
+            "1: start the new engine beside the old one where the node has free GPUs (zero "
+            "downtime behind the gateway); 0 or no room: replace in place"
+        ),
     )
     max_unavailable: int = Field(default=1, ge=1, description="replicas replaced at once")
     # at most 60: the stop waits drain + the node's stop grace inside one tick, which must

@@ -15,7 +15,7 @@ from pathlib import PurePosixPath
 from reconciler.core import ray_argv as ray_commands
 from reconciler.core.backoff import BackoffPolicy
 from reconciler.core.network_env import network_env
-from reconciler.core.vocabulary import LaunchSpec, MemberKey, ReplicaPlacement
+from reconciler.core.vocabulary import LaunchSpec, MemberKey, ReplicaPlacement, Role
 from schemas.v1alpha1 import Cluster, ModelDeployment, Node
 
 MARKER_MEMBER = "RECONCILER_MEMBER"
@@ -128,10 +128,12 @@ def engine_launch(
     placement: ReplicaPlacement,
     spec_hash: str,
     gpus: tuple[int, ...],
+    role: Role = "engine",
 ) -> LaunchSpec:
     """The vLLM server: a whole single-node replica, the driver on a Ray multi-node
     leader, or one rank of an mp multi-node replica (the leader's serves HTTP, the
-    followers' run `--headless`)."""
+    followers' run `--headless`). `role` "surge": the same server as a rollout's surge
+    engine (its placement carries the surge port)."""
     spec = dep.spec
     node = _node(cluster, ctx.name)
     model_ref = spec.model.path or spec.model.hub_id or ""
@@ -207,7 +209,7 @@ def engine_launch(
         argv += ["--shutdown-timeout", str(spec.rollout.drain_timeout_seconds)]
     argv += list(spec.engine.extra_args)
 
-    member = MemberKey(placement.key, "engine")
+    member = MemberKey(placement.key, role)
     env = _base_env(ctx, cluster, dep)
     env.update(_cluster_network_env(cluster, node))
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)

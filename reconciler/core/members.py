@@ -80,7 +80,8 @@ class PlanWork:
 
         Multi-node replicas stop at once, as before: their Ray head or follower ranks
         would go down beside a draining engine anyway."""
-        if drain_s is None or member.role != "engine" or multi_node or proc.health != "ready":
+        if (drain_s is None or member.role not in ("engine", "surge") or multi_node
+                or proc.health != "ready"):
             self.stop(member, reason)
             return True
         since = self.draining.get(member)

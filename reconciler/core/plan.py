@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
-from reconciler.core import fate_sharing, lifecycle, restarts, rollout
+from reconciler.core import fate_sharing, lifecycle, restarts, rollout, surge
 from reconciler.core.gpu_assignment import assign_node_gpus, usable_gpus
 from reconciler.core.launch import (
     NodeContext,
@@ -80,6 +80,9 @@ def plan(
         placement = place(desired)
     observed = fate_sharing.mp_peer_views(desired, placement, observed)
     wanted = wanted_members(desired, placement, node.name)
+    # rollout.maxSurge: new engines started beside old ones, where there is room
+    surges = surge.wanted_surges(wanted, observed, frozenset(usable_gpus(observed)[0]))
+    wanted = {**wanted, **surges}
     work = PlanWork(addresses={n.name: n.address for n in desired.cluster.spec.nodes},
                     now=now, draining=draining or {})
 
@@ -96,9 +99,16 @@ def plan(
             # is gone with it, so its engines stop at once (and vanish from status)
             dep = desired.deployments.get(member.replica.deployment)
             where = placement.replicas.get(member.replica)
-            work.retire(member, why_unwanted(member, desired, placement, node.name), proc,
+            why = (f"{member.replica}: its own engine serves the new spec; surge no longer "
+                   "needed") if member.role == "surge" else why_unwanted(
+                       member, desired, placement, node.name)
+            work.retire(member, why, proc,
                         dep.spec.rollout.drain_timeout_seconds if dep is not None else None,
                         where is not None and where.multi_node)
+        elif proc.spec_hash != w.spec_hash and surge.holds_old(member, surges, observed):
+            work.statuses[member.replica] = status(
+                w, "Ready", "surge: the new engine starts beside this one", node.name, proc,
+                old=True)
         elif proc.spec_hash != w.spec_hash:
             rollout.replace_old(work, w, proc, observed, placement, node.name)
         else:
@@ -126,6 +136,10 @@ def plan(
     for member, w in sorted(wanted.items(), key=lambda kv: (kv[0].replica, kv[0].role == "engine")):
         key = member.replica
         current = observed.processes.get(member)
+        if member.role == "surge":
+            _surge_start(work, w, current, observed, inventory, now, node, desired,
+                         assignment.get(member), gpu_missing.get(member), blocked)
+            continue
         if member in running_ok:
             assert current is not None
             _running_status(work, w, current, observed, node, inventory)
@@ -239,11 +253,28 @@ def _start_blocker(
     return None
 
 
+def _surge_start(work: PlanWork, w: Wanted, current: ProcessObservation | None,
+                 observed: ObservedState, inventory: Inventory, now: float,
+                 node: NodeContext, desired: Desired, gpus: tuple[int, ...] | None,
+                 gpu_missing: str | None, blocked: dict[int, str]) -> None:
+    """Start a wanted surge engine; it never sets its replica's status (the replica's own
+    engine does, and the gateways read a not-Ready replica's surge member directly)."""
+    if current is not None and current.running:
+        return
+    if _start_blocker(w, work, observed, inventory, now, node, gpu_missing, blocked) is not None:
+        return
+    assert gpus is not None
+    launch = _launch(node, desired, w, gpus)
+    work.actions.append(Start(launch, f"{w.member.replica}: start a surge engine beside the "
+                                      f"old one on port {w.placement.port}, hash {w.spec_hash}"))
+
+
 def _launch(
     node: NodeContext, desired: Desired, w: Wanted, gpus: tuple[int, ...]
 ) -> LaunchSpec:
-    if w.member.role == "engine":
-        return engine_launch(node, desired.cluster, w.dep, w.placement, w.spec_hash, gpus)
+    if w.member.role in ("engine", "surge"):
+        return engine_launch(node, desired.cluster, w.dep, w.placement, w.spec_hash, gpus,
+                             role=w.member.role)
     return ray_launch(node, desired.cluster, w.dep, w.placement, w.spec_hash, gpus)
 
 

@@ -194,4 +194,6 @@ def replica_port(dep: ModelDeployment, replica: int) -> int:
 
 
 def port_block(dep: ModelDeployment) -> range:
-    return range(dep.spec.port, dep.spec.port + max(dep.spec.replicas, 1))
+    # maxSurge 1 claims one more port: the surge engine's (core/surge.py)
+    return range(dep.spec.port,
+                 dep.spec.port + max(dep.spec.replicas, 1) + dep.spec.rollout.max_surge)

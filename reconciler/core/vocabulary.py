@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Literal, Protocol
 if TYPE_CHECKING:
     from schemas.v1alpha1 import Cluster, ModelDeployment
 
-Role = Literal["engine", "ray-head", "ray-worker"]
+# surge: a second engine of a single-node replica at the new spec, started beside the old
+# one on free GPUs during a rollout with rollout.maxSurge (see core/surge.py)
+Role = Literal["engine", "ray-head", "ray-worker", "surge"]
 Health = Literal["ready", "starting", "unhealthy"]
 
 
@@ -74,7 +76,7 @@ class MemberKey:
     @classmethod
     def from_slug(cls, slug: str) -> MemberKey:
         name, index, role = slug.rsplit(".", 2)
-        if role not in ("engine", "ray-head", "ray-worker"):
+        if role not in ("engine", "ray-head", "ray-worker", "surge"):
             raise ValueError(f"unknown role in {slug!r}")
         return cls(ReplicaKey(name, int(index)), role)  # type: ignore[arg-type]
 

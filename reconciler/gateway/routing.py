@@ -29,12 +29,13 @@ class Upstream:
     host: str
     port: int
     spec_hash: str = ""
+    member: str = "engine"  # or "surge": a rollout's new engine beside the old one
 
     @property
     def id(self) -> str:
-        # the spec hash keeps an old and a surged new replica of the same index apart
         short = f"#{self.spec_hash[:8]}" if self.spec_hash else ""
-        return f"{self.deployment}/{self.index}{short}@{self.node}"
+        role = "~surge" if self.member == "surge" else ""
+        return f"{self.deployment}/{self.index}{role}{short}@{self.node}"
 
     @property
     def replica_label(self) -> str:
@@ -69,17 +70,29 @@ def _addresses(docs: Iterable[NodeStatus]) -> dict[str, str]:
 
 
 def upstreams_of(doc: NodeStatus, addresses: Mapping[str, str]) -> list[Upstream]:
-    """The Ready replicas a node's status document says it leads."""
+    """The Ready replicas a node's status document says it leads; for a replica that is
+    not Ready (Draining, Starting) during a surge rollout, its Ready surge engine."""
     if doc.node not in addresses:
         return []
     served = {d.name: d.served_name for d in doc.deployments}
-    return [
-        Upstream(model=served[r.deployment], deployment=r.deployment, index=r.index,
-                 node=doc.node, host=addresses[doc.node], port=r.port, spec_hash=r.spec_hash)
-        for r in doc.replicas
-        if r.nodes and r.nodes[0] == doc.node and r.role in ROUTABLE_ROLES
-        and r.state == "Ready" and r.port and r.deployment in served
-    ]
+    out = []
+    for r in doc.replicas:
+        if not (r.nodes and r.nodes[0] == doc.node and r.role in ROUTABLE_ROLES
+                and r.deployment in served):
+            continue
+        if r.state == "Ready" and r.port:
+            out.append(Upstream(model=served[r.deployment], deployment=r.deployment,
+                                index=r.index, node=doc.node, host=addresses[doc.node],
+                                port=r.port, spec_hash=r.spec_hash))
+            continue
+        out.extend(
+            Upstream(model=served[r.deployment], deployment=r.deployment, index=r.index,
+                     node=doc.node, host=addresses[doc.node], port=m.port,
+                     spec_hash=m.spec_hash, member="surge")
+            for m in r.members or ()
+            if m.role == "surge" and m.running and m.health == "ready" and m.port > 0
+        )
+    return out
 
 
 def build_table(docs: Sequence[NodeStatus]) -> RoutingTable:

@@ -10,6 +10,8 @@ real vLLM on network-namespace hosts.
 - RollingUpdate with drainTimeoutSeconds: 0 failed requests.
 - the same without a drain timeout: the streams in flight on each replaced engine are cut.
 - Recreate with a drain: the requests that find no replica get 503, counted.
+- one replica with maxSurge 1 and room for a second engine: 0 failed requests; the same
+  without surge: 503 while it is replaced.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ pytestmark = [pytest.mark.system]
 MAX_REQUESTS = 400  # per client
 
 
-def chat_doc(rig: Rig, delay: float, rollout: dict[str, Any]) -> str:
-    doc = json.loads(deployment_yaml("chat", rig.engine_port, replicas=2,
+def chat_doc(rig: Rig, delay: float, rollout: dict[str, Any], replicas: int = 2) -> str:
+    doc = json.loads(deployment_yaml("chat", rig.engine_port, replicas=replicas,
                                      extra_args=["--tokens", "20", "--token-delay", str(delay)]))
     doc["spec"]["rollout"] = rollout
     return json.dumps(doc)
@@ -95,25 +97,29 @@ def _hashes(rig: Rig) -> dict[int, tuple[str, str]]:
             for r in rig.status()["replicas"] if r["deployment"] == "chat"}
 
 
-def _rollout(make_rig: Callable[..., Rig], tmp_path: Path, rollout: dict[str, Any]) -> Load:
+def _rollout(make_rig: Callable[..., Rig], tmp_path: Path, rollout: dict[str, Any],
+             replicas: int = 2) -> Load:
     rig = make_rig(gpus=2)
     rig.push({"cluster.yaml": cluster_yaml(rig.engine_port, rig.status_port, 2),
-              "chat.yaml": chat_doc(rig, 0.05, rollout)}, "chat x2")
+              "chat.yaml": chat_doc(rig, 0.05, rollout, replicas)}, "chat")
     rig.config["engine"]["apiServerModule"] = "testrigs.engines.stream_engine"
     rig.cfg_path.write_text(json.dumps(rig.config))
     rig.start()
-    wait_until(lambda: [s for s, _ in _hashes(rig).values()] == ["Ready", "Ready"], 60,
-               "both replicas Ready")
+    wait_until(lambda: [s for s, _ in _hashes(rig).values()] == ["Ready"] * replicas, 60,
+               "every replica Ready")
     g = start_gateway(tmp_path, f"http://127.0.0.1:{rig.status_port}")
     try:
         g.wait_models({"chat-model"})
         old = {h for _, h in _hashes(rig).values()}
         with Load(g) as load:
             time.sleep(2)
-            rig.push({"chat.yaml": chat_doc(rig, 0.04, rollout)}, "faster tokens")
-            wait_until(lambda: len(x := _hashes(rig)) == 2 and all(
+            rig.push({"chat.yaml": chat_doc(rig, 0.04, rollout, replicas)}, "faster tokens")
+            wait_until(lambda: len(x := _hashes(rig)) == replicas and all(
                 s == "Ready" and h not in old for s, h in x.values()), 120,
-                "both replicas Ready at the new hash")
+                "every replica Ready at the new hash")
+            # and the surge engine, if any, gone again
+            wait_until(lambda: not (rig.state / "engines" / "chat.0.surge.json").exists(), 60,
+                       "no surge engine left")
             time.sleep(2)
         print(f"\n{rollout}: {load.ok} ok, failures {dict(load.failures)}")
         return load
@@ -125,6 +131,19 @@ def test_rolling_update_with_drain_fails_nothing(make_rig: Callable[..., Rig],
                                                  tmp_path: Path) -> None:
     load = _rollout(make_rig, tmp_path, {"drainTimeoutSeconds": 10})
     assert load.ok > 20 and sum(load.failures.values()) == 0, load.failures
+
+
+def test_one_replica_with_max_surge_changes_with_zero_failures(
+        make_rig: Callable[..., Rig], tmp_path: Path) -> None:
+    # room for a second engine (2 GPUs, 1 replica): the new one starts beside the old
+    load = _rollout(make_rig, tmp_path, {"maxSurge": 1, "drainTimeoutSeconds": 10}, 1)
+    assert load.ok > 20 and sum(load.failures.values()) == 0, load.failures
+
+
+def test_one_replica_without_surge_is_down_while_it_is_replaced(
+        make_rig: Callable[..., Rig], tmp_path: Path) -> None:
+    load = _rollout(make_rig, tmp_path, {"drainTimeoutSeconds": 10}, 1)
+    assert load.ok > 20 and load.failures["HTTP 503"] > 0, load.failures
 
 
 def test_rolling_update_without_drain_cuts_the_streams_in_flight(

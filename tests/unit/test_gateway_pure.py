@@ -76,6 +76,26 @@ def test_old_and_surged_replica_of_one_index_are_two_upstreams() -> None:
     assert {u.port for u in t.upstreams("m")} == {8000, 8001}
 
 
+def _surge(health: str = "ready", running: bool = True) -> dict[str, Any]:
+    return {"role": "surge", "specHash": "new", "running": running, "health": health,
+            "pid": 7, "gpus": [1], "port": 8001}
+
+
+@pytest.mark.parametrize(("state", "surge", "ports"), [
+    ("Ready", _surge(), [8000]),  # the replica's own engine serves: the surge is retiring
+    ("Draining", _surge(), [8001]),  # the old one is drained: the surge takes the traffic
+    ("Starting", _surge(), [8001]),  # the new one loads in place
+    ("Starting", _surge("starting"), []),
+    ("Draining", _surge(running=False), []),
+])
+def test_a_surge_engine_serves_for_its_replica_only_while_that_is_not_ready(
+        state: str, surge: dict[str, Any], ports: list[int]) -> None:
+    r = {**replica_entry("d", 0, "a", 8000, state=state), "members": [surge]}
+    t = build_table([doc("a", [r])])
+    assert [u.port for u in t.upstreams("m")] == ports
+    assert all(u.replica_label == "d/0" for u in t.upstreams("m"))
+
+
 def test_node_without_a_known_address_is_skipped() -> None:
     d = doc("a", [replica_entry("d", 0, "a", 8000)]).model_copy(update={"cluster": None})
     assert build_table([d]).upstreams("m") == ()

@@ -315,9 +315,9 @@ CASES = [
         (Expect("chat.yaml", 12, 26, "spec.rollout.maxUnavailable", "greater than or equal to 1"),),
     ),
     Case(
-        "rollout-surge-not-offered",
-        {"chat.yaml": CHAT + "  rollout: {maxSurge: 1}\n"},
-        (Expect("chat.yaml", 12, 13, "spec.rollout.maxSurge", "less than or equal to 0"),),
+        "rollout-surge-at-most-one",
+        {"chat.yaml": CHAT + "  rollout: {maxSurge: 2}\n"},
+        (Expect("chat.yaml", 12, 13, "spec.rollout.maxSurge", "less than or equal to 1"),),
     ),
     Case(
         "node-address-not-ip",

@@ -79,7 +79,7 @@ def probe(tracked: Tracked) -> tuple[bool, str]:
     if rec.port == 0:
         # serves nothing (a headless mp follower rank): ready while it runs
         return True, ""
-    if rec.member.role == "engine":
+    if rec.member.role in ("engine", "surge"):
         full = (
             tracked.health != "ready"
             or time.monotonic() - tracked.last_full_probe >= FULL_PROBE_EVERY_S
