@@ -24,11 +24,27 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SourceFailure:
+    """Why the source did not bring a new desired state: one of the two kinds below."""
+
     reason: str
     message: str
     revision: str | None
     retryable: bool
     problems: tuple[Problem, ...] = ()
+
+
+@dataclass(frozen=True)
+class FetchError(SourceFailure):
+    """The source could not be read (network, credentials, a broken mirror, or an
+    unforeseen error): nothing is known about the head; the next successful fetch clears
+    it."""
+
+
+@dataclass(frozen=True)
+class RevisionRefusal(SourceFailure):
+    """A fetched revision was judged and refused (signature, history, content). Kept
+    until a good revision is in force; `retryable` when the judging itself failed (e.g.
+    the disk was full during the export), not the commit."""
 
 
 class SourceSync:
@@ -44,7 +60,7 @@ class SourceSync:
         self.attempted: CommitInfo | None = None
         self.good: CommitInfo | None = None
         self.desired: DesiredState | None = None
-        self.failure: SourceFailure | None = None
+        self.failure: FetchError | RevisionRefusal | None = None
         self.fetched_at: float | None = None
         self._restore()
 
@@ -71,7 +87,7 @@ class SourceSync:
         try:
             head = self.source.fetch()
         except SourceError as exc:
-            self.failure = SourceFailure(exc.reason, exc.message, exc.revision, exc.retryable)
+            self.failure = FetchError(exc.reason, exc.message, exc.revision, exc.retryable)
             log.warning("fetch failed", extra={"reason": exc.reason, "error": exc.message})
             return False
         self.fetched = head
@@ -95,14 +111,16 @@ class SourceSync:
             path = self.source.export(head.revision)
             desired = validate_revision(path, revision=head.revision, max_files=self.max_files)
         except SourceError as exc:
-            self.failure = SourceFailure(exc.reason, exc.message, head.revision, exc.retryable)
+            self.failure = RevisionRefusal(
+                exc.reason, exc.message, head.revision, exc.retryable
+            )
             log.error(
                 "revision refused",
                 extra={"revision": head.revision, "reason": exc.reason, "error": exc.message},
             )
             return False
         except InvalidDesiredState as exc:
-            self.failure = SourceFailure(
+            self.failure = RevisionRefusal(
                 "InvalidDesiredState", str(exc), head.revision, False, tuple(exc.problems)
             )
             log.error("revision invalid", extra={"revision": head.revision, "error": str(exc)})
@@ -126,8 +144,8 @@ class SyncOutcome:
     """What one `SourceHealth.sync` call brought, for metrics and the error log."""
 
     fetched: bool  # the fetch itself succeeded
-    fetch_failure: SourceFailure | None = None  # the fetch failed (count every time)
-    new_refusal: SourceFailure | None = None  # a revision refused, first verdict only
+    fetch_failure: FetchError | None = None  # the fetch failed (count every time)
+    new_refusal: RevisionRefusal | None = None  # a revision refused, first verdict only
 
     @property
     def error(self) -> str | None:
@@ -153,8 +171,8 @@ class SourceHealth:
 
     def __init__(self, sync: SourceSync) -> None:
         self.source_sync = sync
-        self.refusal: SourceFailure | None = None
-        self.fetch_error: SourceFailure | None = None
+        self.refusal: RevisionRefusal | None = None
+        self.fetch_error: FetchError | None = None
         self.last_fetch_success: float | None = None  # wall time
 
     @property
@@ -170,15 +188,16 @@ class SourceHealth:
             sync.sync(now)
         except Exception as exc:  # a bug or an unforeseen OS error must not end the loop
             log.exception("sync failed")
-            self.fetch_error = SourceFailure("SyncError", str(exc), None, True)
+            self.fetch_error = FetchError("SyncError", str(exc), None, True)
             return SyncOutcome(fetched=False, fetch_failure=self.fetch_error)
         failure = sync.failure
         outcome = SyncOutcome(fetched=False)
         if sync.fetched_at != before_fetch:
             self.fetch_error = None
             self.last_fetch_success = wall
-            new: SourceFailure | None = None
-            if failure is not None and failure is not before_failure:
+            new: RevisionRefusal | None = None
+            # after a successful fetch the sync's failure is a verdict on the head
+            if isinstance(failure, RevisionRefusal) and failure is not before_failure:
                 prev = self.refusal
                 if prev is None or (prev.revision, prev.reason) != (
                     failure.revision, failure.reason
@@ -186,7 +205,7 @@ class SourceHealth:
                     new = failure
                 self.refusal = failure
             outcome = SyncOutcome(fetched=True, new_refusal=new)
-        elif failure is not None:
+        elif isinstance(failure, FetchError):
             self.fetch_error = failure
             outcome = SyncOutcome(fetched=False, fetch_failure=failure)
         if (
