@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from reconciler.ports.git import CommitInfo, SignaturePolicy, SourceError, normalize_repo_path
+from reconciler.ports.git import (
+    CommitInfo,
+    PermanentSourceError,
+    SignaturePolicy,
+    TemporarySourceError,
+    normalize_repo_path,
+)
 
 Signed = bool | Literal["unknown-key"]
 
@@ -154,9 +160,9 @@ class FakeGitSource:
     def fetch(self) -> CommitInfo:
         self.calls.fetch += 1
         if self.down:
-            raise SourceError("FetchFailed", "fake remote is down", retryable=True)
+            raise TemporarySourceError("FetchFailed", "fake remote is down")
         if not self.branch_exists or self.head is None:
-            raise SourceError("BranchNotFound", "branch not found on fake remote")
+            raise PermanentSourceError("BranchNotFound", "branch not found on fake remote")
         self._fetched.update(self._ancestry(self.head))
         c = self.commits[self.head]
         self.calls.history.append(c.revision)
@@ -167,16 +173,16 @@ class FakeGitSource:
         c = self._known(revision)
         if self.signature_policy != "none":
             if c.signed is False:
-                raise SourceError("SignatureMissing", f"commit {revision} is not signed",
+                raise PermanentSourceError("SignatureMissing", f"commit {revision} is not signed",
                                   revision=revision)
             if c.signed != True:  # noqa: E712 - "unknown-key" is truthy
-                raise SourceError("SignatureInvalid",
+                raise PermanentSourceError("SignatureInvalid",
                                   f"commit {revision}: key not in the allowed signers",
                                   revision=revision)
         if last_accepted is None or self.allow_non_fast_forward or last_accepted == revision:
             return
         if last_accepted not in self._ancestry(revision):
-            raise SourceError(
+            raise PermanentSourceError(
                 "NonFastForward",
                 f"{revision} does not descend from last accepted {last_accepted}",
                 revision=revision,
@@ -188,11 +194,11 @@ class FakeGitSource:
         prefix = "" if self.path == "." else self.path + "/"
         selected = {n[len(prefix):]: t for n, t in c.files.items() if n.startswith(prefix)}
         if not selected and self.path != ".":
-            raise SourceError("PathNotFound", f"path {self.path!r} does not exist at "
+            raise PermanentSourceError("PathNotFound", f"path {self.path!r} does not exist at "
                               f"{revision}", revision=revision)
         for name, text in selected.items():
             if len(text.encode()) > self.max_blob_bytes:
-                raise SourceError("BlobTooLarge", f"{name} is bigger than max_blob_bytes",
+                raise PermanentSourceError("BlobTooLarge", f"{name} is bigger than max_blob_bytes",
                                   revision=revision)
         out = self._root / revision / "tree"
         if out.is_dir():
@@ -210,8 +216,10 @@ class FakeGitSource:
 
     def _known(self, revision: str) -> FakeCommit:
         if revision not in self._fetched:
-            raise SourceError("FetchFailed", f"revision {revision} is not in the local mirror "
-                              "(fetch first)", revision=revision, retryable=True)
+            raise TemporarySourceError(
+                "FetchFailed", f"revision {revision} is not in the local mirror (fetch first)",
+                revision=revision,
+            )
         return self.commits[revision]
 
     def _ancestry(self, revision: str) -> list[str]:

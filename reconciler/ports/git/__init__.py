@@ -14,9 +14,11 @@ from reconciler.ports.git.protocol import (
     CommitInfo,
     GitSource,
     GitSourceConfig,
+    PermanentSourceError,
     SignaturePolicy,
     SourceError,
     SourceErrorReason,
+    TemporarySourceError,
 )
 from reconciler.ports.git.source import GitPythonSource
 from reconciler.ports.git.urls import (
@@ -32,9 +34,11 @@ __all__ = [
     "GitPythonSource",
     "GitSource",
     "GitSourceConfig",
+    "PermanentSourceError",
     "SignaturePolicy",
     "SourceError",
     "SourceErrorReason",
+    "TemporarySourceError",
     "check_branch_name",
     "check_url",
     "is_local_url",

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.ports.git.protocol import SourceError
+from reconciler.ports.git.protocol import PermanentSourceError, TemporarySourceError
 from reconciler.ports.git.runner import GitRunner, tail
 
 _log = logging.getLogger(__name__)
@@ -42,20 +42,18 @@ def list_tree(
     res = runner.run(["cat-file", "-t", treeish], check=False)
     if res.status != 0 or res.text != "tree":
         what = "is not a directory" if res.status == 0 else "does not exist"
-        raise SourceError(
+        raise PermanentSourceError(
             "PathNotFound",
             f"path {path!r} {what} at {sha}",
             revision=sha,
-            retryable=False,
         )
     res = runner.run(["ls-tree", "-r", "-l", "-z", treeish], check=False)
     if res.status != 0:
         suspect()
-        raise SourceError(
+        raise TemporarySourceError(
             "CheckoutCorrupt",
             f"cannot list {path!r} at {sha}",
             revision=sha,
-            retryable=True,
         )
     entries = []
     for record in res.stdout.split(b"\x00"):
@@ -88,12 +86,11 @@ def materialize(
             links.append(e.name)
             blobs.append(e)  # its content is the link's target
         elif e.size > runner.config.max_blob_bytes:
-            raise SourceError(
+            raise PermanentSourceError(
                 "BlobTooLarge",
                 f"{e.name} is {e.size} bytes, more than max_blob_bytes "
                 f"{runner.config.max_blob_bytes}",
                 revision=sha,
-                retryable=False,
             )
         else:
             blobs.append(e)
@@ -141,11 +138,10 @@ def write_blobs(
         res = runner.run(["cat-file", "--batch"], istream=fin, output_stream=fout, check=False)
     if res.status != 0:
         suspect()
-        raise SourceError(
+        raise TemporarySourceError(
             "CheckoutCorrupt",
             f"cannot read blobs of {sha}: {tail(res.stderr)}",
             revision=sha,
-            retryable=True,
         )
     root = tree.resolve()
     with batch_out.open("rb") as stream:
@@ -153,20 +149,18 @@ def write_blobs(
             header = stream.readline().decode("ascii", "replace").split()
             if len(header) != 3 or header[0] != blob.oid or header[1] != "blob":
                 suspect()
-                raise SourceError(
+                raise TemporarySourceError(
                     "CheckoutCorrupt",
                     f"object {blob.oid} ({blob.name}) unreadable at {sha}",
                     revision=sha,
-                    retryable=True,
                 )
             size = int(header[2])
             dest = (tree / blob.name).resolve()
             if root not in dest.parents:
-                raise SourceError(
+                raise PermanentSourceError(
                     "PathNotFound",
                     f"unsafe file name {blob.name!r}",
                     revision=sha,
-                    retryable=False,
                 )
             dest.parent.mkdir(parents=True, exist_ok=True)
             with dest.open("wb") as out:
@@ -174,11 +168,10 @@ def write_blobs(
                 while remaining:
                     chunk = stream.read(min(remaining, 1 << 20))
                     if not chunk:
-                        raise SourceError(
+                        raise TemporarySourceError(
                             "CheckoutCorrupt",
                             "short read from cat-file",
                             revision=sha,
-                            retryable=True,
                         )
                     out.write(chunk)
                     remaining -= len(chunk)

@@ -11,7 +11,7 @@ import shutil
 
 import git
 
-from reconciler.ports.git.protocol import SourceError
+from reconciler.ports.git.protocol import SourceError, TemporarySourceError
 from reconciler.ports.git.runner import GitRunner, tail
 
 _log = logging.getLogger(__name__)
@@ -108,9 +108,8 @@ class Mirror:
         except (OSError, git.GitCommandError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             detail = exc.strerror if isinstance(exc, OSError) else tail(str(exc.stderr))
-            raise SourceError(
+            raise TemporarySourceError(
                 "CheckoutCorrupt",
                 f"cannot re-create git mirror in {self.runner.root}: {detail}",
-                retryable=True,
             ) from None
 

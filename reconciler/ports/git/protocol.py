@@ -9,7 +9,9 @@ The daemon talks to git only through `GitSource`:
 - `export(revision)` writes the `path` sub-directory at that revision into a directory of
   its own and returns it.
 
-Every failure is a `SourceError` with a CamelCase `reason` and a `retryable` flag.
+Every failure is a `SourceError` with a CamelCase `reason`, raised as one of its two types:
+`TemporarySourceError` (network, disk, a broken mirror: trying again later can help) or
+`PermanentSourceError` (the commit itself is refused: only a new push helps).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
+
+from reconciler.core.errors import PermanentError, ReconcilerError, TemporaryError
 
 SourceErrorReason = Literal[
     "FetchFailed",
@@ -67,28 +71,30 @@ class CommitInfo:
     committed_at: str  # ISO 8601
 
 
-class SourceError(Exception):
-    """A git source failure. `retryable` says whether trying again later can help
-    without a new commit (network, disk) or not (the commit itself is refused)."""
+class SourceError(ReconcilerError):
+    """A git source failure; raise one of its two types below. `retryable` (from the
+    type) says whether trying again later can help without a new commit."""
 
     reason: SourceErrorReason
     message: str
     revision: str | None
-    retryable: bool
 
     def __init__(
-        self,
-        reason: SourceErrorReason,
-        message: str,
-        *,
-        revision: str | None = None,
-        retryable: bool = False,
+        self, reason: SourceErrorReason, message: str, *, revision: str | None = None
     ) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
         self.revision = revision
-        self.retryable = retryable
+
+
+class TemporarySourceError(SourceError, TemporaryError):  # type: ignore[misc]
+    """Network, disk, a broken mirror: the next fetch may work."""
+
+
+class PermanentSourceError(SourceError, PermanentError):
+    """The commit itself is refused (unsigned, too large, not a fast-forward, no such
+    path or branch): it stays refused until someone pushes another."""
 
 
 @runtime_checkable

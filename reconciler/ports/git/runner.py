@@ -18,7 +18,8 @@ from typing import BinaryIO, cast
 
 import git
 
-from reconciler.ports.git.protocol import GitSourceConfig, SourceError
+from reconciler.core.errors import TemporaryError
+from reconciler.ports.git.protocol import GitSourceConfig, TemporarySourceError
 from reconciler.ports.git.urls import redact_url, url_scheme
 
 
@@ -48,7 +49,9 @@ class Result:
         return self.stdout.decode("utf-8", "replace").strip()
 
 
-class GitFailed(Exception):
+class GitFailed(TemporaryError):
+    """One git command exited non-zero; the caller words it as a SourceError."""
+
     def __init__(self, args: Sequence[str], result: Result) -> None:
         super().__init__(f"git {args[0] if args else ''} exited {result.status}")
         self.result = result
@@ -127,7 +130,7 @@ class GitRunner:
                 istream=istream,
             )
         except git.GitCommandNotFound as exc:
-            raise SourceError("FetchFailed", "git executable not found", retryable=True) from exc
+            raise TemporarySourceError("FetchFailed", "git executable not found") from exc
         status, out, err = cast("tuple[int, bytes | str | None, str | bytes]", raw)
         stdout = out if isinstance(out, bytes) else b""
         stderr = self.scrub(err if isinstance(err, str) else err.decode("utf-8", "replace"))
@@ -153,16 +156,14 @@ class GitRunner:
             token = cfg.token_file.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-            raise SourceError(
+            raise TemporarySourceError(
                 "FetchFailed",
                 f"cannot read token file {cfg.token_file}: {detail}",
-                retryable=True,
             ) from None
         if not token or "\n" in token or "\r" in token:
-            raise SourceError(
+            raise TemporarySourceError(
                 "FetchFailed",
                 f"token file {cfg.token_file} is empty or has several lines",
-                retryable=True,
             )
         self.secret = token
         if cfg.token_username is not None:

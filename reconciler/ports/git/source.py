@@ -21,7 +21,13 @@ from reconciler.ports.git.export import (
     prune_exports,
 )
 from reconciler.ports.git.mirror import Mirror
-from reconciler.ports.git.protocol import CommitInfo, GitSourceConfig, SourceError
+from reconciler.ports.git.protocol import (
+    CommitInfo,
+    GitSourceConfig,
+    PermanentSourceError,
+    SourceError,
+    TemporarySourceError,
+)
 from reconciler.ports.git.runner import GitRunner, tail
 from reconciler.ports.git.urls import check_branch_name, check_url, normalize_repo_path, redact_url
 from reconciler.ports.git.verify import verify_fast_forward, verify_signature
@@ -89,11 +95,10 @@ class GitPythonSource:
                 self._fetch_once()
                 sha = self._branch_head()
                 if not self._mirror.objects_complete(sha):
-                    raise SourceError(
+                    raise TemporarySourceError(
                         "CheckoutCorrupt",
                         "objects still unreadable after re-cloning the mirror",
                         revision=sha,
-                        retryable=True,
                     )
             info = self._commit_info(sha)
             _log.info("git fetched", extra={"revision": sha, "branch": self._config.branch})
@@ -141,10 +146,9 @@ class GitPythonSource:
                 self._root.mkdir(parents=True, exist_ok=True, mode=0o700)
                 fd = os.open(self._root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError as err:
-                raise SourceError(
+                raise TemporarySourceError(
                     "CheckoutCorrupt",
                     f"cannot use checkout dir {self._root}: {err.strerror}",
-                    retryable=True,
                 ) from None
             try:
                 deadline = time.monotonic() + self._config.timeout_s
@@ -154,10 +158,9 @@ class GitPythonSource:
                         break
                     except BlockingIOError:
                         if time.monotonic() > deadline:
-                            raise SourceError(
+                            raise TemporarySourceError(
                                 "FetchFailed",
                                 f"checkout dir {self._root} is locked by another process",
-                                retryable=True,
                             ) from None
                         time.sleep(0.05)
                 yield
@@ -177,28 +180,26 @@ class GitPythonSource:
             return
         stderr = res.stderr
         if "couldn't find remote ref" in stderr:
-            raise SourceError(
+            raise PermanentSourceError(
                 "BranchNotFound",
                 f"branch {branch!r} not found at {redact_url(self._url)}",
-                retryable=False,
             )
         elapsed = time.monotonic() - started
         if stderr.startswith("Timeout:") or elapsed >= self._config.timeout_s:
             detail = f"timed out after {self._config.timeout_s:g}s"
         else:
             detail = tail(stderr) or f"exit status {res.status}"
-        raise SourceError(
+        raise TemporarySourceError(
             "FetchFailed",
             f"git fetch from {redact_url(self._url)} failed: {detail}",
-            retryable=True,
         )
 
     def _branch_head(self) -> str:
         ref = f"refs/heads/{self._config.branch}"
         res = self._git.run(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], check=False)
         if res.status != 0 or not FULL_SHA.match(res.text):
-            raise SourceError(
-                "CheckoutCorrupt", f"{ref} missing in the mirror after fetch", retryable=True
+            raise TemporarySourceError(
+                "CheckoutCorrupt", f"{ref} missing in the mirror after fetch"
             )
         return res.text
 
@@ -209,8 +210,8 @@ class GitPythonSource:
         )
         fields = res.stdout.decode("utf-8", "replace").rstrip("\n").split("\x00")
         if res.status != 0 or len(fields) != 4:
-            raise SourceError(
-                "CheckoutCorrupt", f"cannot read commit {sha}", revision=sha, retryable=True
+            raise TemporarySourceError(
+                "CheckoutCorrupt", f"cannot read commit {sha}", revision=sha
             )
         return CommitInfo(
             revision=fields[0], subject=fields[1], author=fields[2], committed_at=fields[3]
@@ -224,10 +225,9 @@ class GitPythonSource:
             check=False,
         )
         if res.status != 0 or not FULL_SHA.match(res.text):
-            raise SourceError(
+            raise TemporarySourceError(
                 "FetchFailed",
                 f"revision {revision} is not in the local mirror (fetch first)",
                 revision=revision,
-                retryable=True,
             )
         return res.text

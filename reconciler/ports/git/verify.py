@@ -1,13 +1,17 @@
 """Verification of a fetched revision: the signature policy and the fast-forward rule.
 
-Both refusals are permanent for that commit (`retryable=False`): only a new push helps.
+Both refusals are permanent for that commit (`PermanentSourceError`): only a new push helps.
 """
 
 from __future__ import annotations
 
 import logging
 
-from reconciler.ports.git.protocol import SignaturePolicy, SourceError
+from reconciler.ports.git.protocol import (
+    PermanentSourceError,
+    SignaturePolicy,
+    TemporarySourceError,
+)
 from reconciler.ports.git.runner import GitRunner, tail
 
 _log = logging.getLogger(__name__)
@@ -17,8 +21,8 @@ def signature_kind(runner: GitRunner, sha: str) -> str | None:
     """The first line of the commit's signature header, or None if unsigned."""
     res = runner.run(["cat-file", "commit", sha], check=False)
     if res.status != 0:
-        raise SourceError(
-            "CheckoutCorrupt", f"cannot read commit {sha}", revision=sha, retryable=True
+        raise TemporarySourceError(
+            "CheckoutCorrupt", f"cannot read commit {sha}", revision=sha
         )
     header = res.stdout.split(b"\n\n", 1)[0].decode("utf-8", "replace")
     for line in header.split("\n"):
@@ -32,8 +36,8 @@ def verify_signature(runner: GitRunner, sha: str, policy: SignaturePolicy) -> No
     cfg = runner.config
     kind = signature_kind(runner, sha)
     if kind is None:
-        raise SourceError(
-            "SignatureMissing", f"commit {sha} is not signed", revision=sha, retryable=False
+        raise PermanentSourceError(
+            "SignatureMissing", f"commit {sha} is not signed", revision=sha
         )
     expected = (
         "-----BEGIN SSH SIGNATURE-----"
@@ -41,11 +45,10 @@ def verify_signature(runner: GitRunner, sha: str, policy: SignaturePolicy) -> No
         else ("-----BEGIN PGP SIGNATURE-----")
     )
     if kind != expected:
-        raise SourceError(
+        raise PermanentSourceError(
             "SignatureInvalid",
             f"commit {sha} carries a signature of another kind than {policy}",
             revision=sha,
-            retryable=False,
         )
     config: list[tuple[str, str]] = []
     env: dict[str, str] = {}
@@ -77,11 +80,10 @@ def verify_signature(runner: GitRunner, sha: str, policy: SignaturePolicy) -> No
         "E": "signature cannot be checked (unknown key)",
         "N": "no signature",
     }.get(status, f"verification failed ({tail(res.stderr, 1) or status})")
-    raise SourceError(
+    raise PermanentSourceError(
         "SignatureInvalid",
         f"commit {sha}: {meaning}" + (f" [{key}]" if key else ""),
         revision=sha,
-        retryable=False,
     )
 
 
@@ -92,12 +94,11 @@ def verify_fast_forward(runner: GitRunner, sha: str, last_accepted: str) -> None
     )
     if res.status != 0:
         # The mirror holds all history of `sha`; a missing commit is not its ancestor.
-        raise SourceError(
+        raise PermanentSourceError(
             "NonFastForward",
             f"{sha} does not descend from last accepted {last_accepted} "
             "(that commit is no longer reachable)",
             revision=sha,
-            retryable=False,
         )
     last = res.text
     if last == sha:
@@ -106,15 +107,13 @@ def verify_fast_forward(runner: GitRunner, sha: str, last_accepted: str) -> None
     if res.status == 0:
         return
     if res.status == 1:
-        raise SourceError(
+        raise PermanentSourceError(
             "NonFastForward",
             f"{sha} does not descend from last accepted {last} (history was rewritten)",
             revision=sha,
-            retryable=False,
         )
-    raise SourceError(
+    raise TemporarySourceError(
         "CheckoutCorrupt",
         f"merge-base failed: {tail(res.stderr)}",
         revision=sha,
-        retryable=True,
     )
