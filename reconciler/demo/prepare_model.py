@@ -126,7 +126,7 @@ def prepare(model_root: Path = MODEL_ROOT, engine_python: Path = DEFAULT_ENGINE_
     partial = model_root / f".{MODEL_NAME}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     say(f"converting to bf16 safetensors in the engine environment ({engine_python}); "
-        "about 35 s on 2 cores")
+        "about 20 s on 2 cores")
     # the worker's progress (its steps, transformers' bars) goes straight to the terminal
     res = subprocess.run([str(engine_python), str(WORKER), str(source.gguf), str(partial)],
                          stdout=subprocess.PIPE, text=True, timeout=1800, check=False)
