@@ -15,6 +15,7 @@ import asyncio
 import json
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 
@@ -35,7 +36,13 @@ def _ready_status(name: str, cluster: dict[str, Any] | None = None) -> dict[str,
 
 
 class StandInPeers:
-    def __init__(self, answering: int, stalled: int = 0, refused: int = 0) -> None:
+    """`document(name)`, when given, is what peer `name` answers (default: a small Ready
+    status, enough for `status --cluster`; the daemon's peers port wants whole NodeStatus
+    documents: testrigs.status_docs.status_dict)."""
+
+    def __init__(self, answering: int, stalled: int = 0, refused: int = 0,
+                 document: Callable[[str], dict[str, Any]] | None = None) -> None:
+        self.document = document or _ready_status
         self.answering = answering
         self.stalled = stalled
         self.refused = refused
@@ -72,7 +79,7 @@ class StandInPeers:
             {"name": name, "address": "127.0.0.1", "statusPort": port} for name, port in ports
         ]
         for name, port in ports:
-            bodies[port] = self._response(_ready_status(name))
+            bodies[port] = self._response(self.document(name))
         bodies[local_port] = self._response(_ready_status("local", {"nodes": self.nodes}))
         self.local_url = f"http://127.0.0.1:{local_port}"
         return self

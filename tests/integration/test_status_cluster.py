@@ -89,3 +89,23 @@ def test_a_trickling_peer_is_cut_off_at_the_peer_timeout() -> None:
     finally:
         stop.set()
         server.close()
+
+
+def test_daemon_peers_port_over_many_peers_some_stalled() -> None:
+    """HttpPeers (the daemon's real peers port) on the same fan-out: every answering peer's
+    leaders merged, stalled peers absent, and the answer does not wait for them."""
+    from reconciler.core.vocabulary import ReplicaKey
+    from reconciler.ports.peers import HttpPeers
+    from testrigs.status_docs import status_dict
+
+    def leading(name: str) -> dict[str, object]:
+        return status_dict(name, [{"deployment": name, "index": 0, "role": "single",
+                                   "nodes": [name], "state": "Ready", "specHash": "h1"}])
+
+    with StandInPeers(answering=30, stalled=5, document=leading) as peers:
+        addresses = [PeerAddress(n["name"], n["address"], n["statusPort"])
+                     for n in peers.nodes[1:]]
+        port = HttpPeers(lambda: addresses, timeout_s=0.5)
+        found = port.replicas()
+    assert set(found) == {ReplicaKey(f"peer-{i}", 0) for i in range(30)}
+    assert all(r.spec_hash == "h1" and r.ready for r in found.values())
