@@ -3,8 +3,9 @@ vLLM CPU engines (issue 15).
 
 Two deployments from a git repo: `chat` serves SmolLM2-135M-Instruct as `smollm2` (the
 tiny random Llama as `tiny-chat` where the instruct model cannot be prepared), and
-`hostile` serves the tiny model under the name `<img src=x onerror=alert(1)>`; the commit
-subject carries `<script>` too. The gateway has an API key, pasted into the page as a
+`hostile` serves the tiny model under the name `<img/src=x/onerror=alert(1)>` (served names
+may not hold whitespace); the commit subject carries `<script>`, and a refused commit's
+subject `<img src=x onerror=alert(1)>`. The gateway has an API key, pasted into the page as a
 user would. Asserted through the page: every view loads with nothing on the browser's
 console at SEVERE (no exception, no failed request, no CSP violation); the hostile names
 show as those characters and no element comes of them; the Playground streams an answer
@@ -51,7 +52,8 @@ ENGINE_PYTHON = Path(
 )
 READY_S = 420.0  # two vLLM starts side by side on a busy 2-core machine
 RESYNC_S = 10  # the daemon's resync interval: the restart must show within it
-HOSTILE = "<img src=x onerror=alert(1)>"
+HOSTILE = "<img/src=x/onerror=alert(1)>"
+BROKEN = "<img src=x onerror=alert(1)> refused on purpose"
 SUBJECT = "<script>window.__pwned = 1</script> deploy two models"
 KEY = "sk-console-test-key"
 VIEWS = ("cluster", "deployments", "logs", "revisions", "plots", "playground")
@@ -112,6 +114,7 @@ class Rig:
     daemon: subprocess.Popen[bytes]
     daemon_out: Path
     gateway: Gateway
+    op: Operator
     served: str
     shots: Path
 
@@ -187,7 +190,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     gateway = start_gateway(tmp, f"http://127.0.0.1:{status_port}", peers="cluster",
                             apiKeys=[{"name": "console-test", "file": str(key_file)}])
     shots = Path(os.environ.get("RECONCILER_CONSOLE_SCREENSHOTS") or tmp / "shots")
-    r = Rig(tmp, state, status_port, daemon, daemon_out, gateway, served, shots)
+    r = Rig(tmp, state, status_port, daemon, daemon_out, gateway, op, served, shots)
     try:
         yield r
     finally:
@@ -237,7 +240,11 @@ def both_ready(rig: Rig) -> bool:
 
 
 def test_every_view_loads_without_console_errors(rig: Rig, page: Browser) -> None:
-    took = wait_until(lambda: both_ready(rig), READY_S, "both engines Ready")
+    try:
+        took = wait_until(lambda: both_ready(rig), READY_S, "both engines Ready")
+    except AssertionError as exc:
+        states = [(r["deployment"], r["state"], r["reason"]) for r in rig.status()["replicas"]]
+        raise AssertionError(f"{exc}\nreplicas: {states}\n{rig.explain()}") from None
     print(f"both engines Ready after {took:.0f} s")
     assert page.errors() == []
     for view in VIEWS:
@@ -256,9 +263,6 @@ def test_every_view_loads_without_console_errors(rig: Rig, page: Browser) -> Non
     shot(rig, page, "deployments")
     goto(page, "cluster")
     shot(rig, page, "cluster")
-    goto(page, "revisions")
-    page.wait(lambda: "applied" in page.text(".events"), 10, "revision events")
-    shot(rig, page, "revisions")
     goto(page, "plots")
     page.wait(lambda: page.js("return document.querySelectorAll('.plot rect').length") > 0,
               20, "replica state bands")
@@ -272,6 +276,14 @@ def test_hostile_names_render_as_text(rig: Rig, page: Browser) -> None:
     assert served == HOSTILE
     goto(page, "revisions")
     page.wait(lambda: SUBJECT in page.text("#view-revisions"), 10, "hostile subject")
+    # a refused revision: its reason, its error lines and its (hostile) subject, as text
+    rig.op.commit_and_push({"bad.yaml": deployment_yaml(
+        "bad", Path("/models/bad"), "<img src=x onerror=alert(1)>", 9, 512)}, BROKEN)
+    page.wait(lambda: "Refused" in page.text("#view-revisions"), 60, "refusal shown")
+    page.wait(lambda: BROKEN in page.text("#view-revisions"), 10, "refused subject")
+    assert "servedName" in page.text("#view-revisions .refused")
+    shot(rig, page, "revisions")
+    rig.op.commit_and_push({"bad.yaml": None}, "drop bad.yaml")
     goto(page, "playground")
     page.wait(lambda: HOSTILE in page.text("#view-playground select"), 20, "model option")
     # no element came of the text, no script ran, nothing was blocked by the CSP either
