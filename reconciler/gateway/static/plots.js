@@ -11,26 +11,29 @@ const STATE_COLORS = {
   Stopped: "#718096", Failed: "#e53e3e", CrashLoopBackOff: "#9b2c2c",
 };
 
+const gib = (mib) => `${(mib / 1024).toFixed(mib >= 10240 || mib === 0 ? 0 : 1)} GiB`;
+
 function svg(tag, attrs, ...kids) { return h(`svg:${tag}`, attrs, ...kids); }
 
-function axes(t0, t1, ymax, unit) {
+function axes(t0, t1, ymax, fmt) {
   const out = [];
   for (let i = 0; i <= 4; i++) {
     const y = PAD.t + (H - PAD.t - PAD.b) * (1 - i / 4);
     out.push(svg("line", { x1: PAD.l, x2: W - PAD.r, y1: y, y2: y, class: "grid" }));
     out.push(svg("text", { x: PAD.l - 4, y: y + 4, class: "tick", "text-anchor": "end" },
-      `${Math.round((ymax * i) / 4)}${unit}`));
+      fmt((ymax * i) / 4)));
   }
   for (let i = 0; i <= 4; i++) {
     const t = t0 + ((t1 - t0) * i) / 4;
     const x = PAD.l + ((W - PAD.l - PAD.r) * i) / 4;
-    out.push(svg("text", { x, y: H - 6, class: "tick", "text-anchor": "middle" },
+    const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
+    out.push(svg("text", { x, y: H - 6, class: "tick", "text-anchor": anchor },
       new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })));
   }
   return out;
 }
 
-function lineChart(title, samples, series, ymax, unit) {
+function lineChart(title, samples, series, ymax, fmt) {
   const now = samples.length ? samples[samples.length - 1].t : Date.now() / 1000;
   const t0 = now - 3600;
   const x = (t) => PAD.l + ((t - t0) / 3600) * (W - PAD.l - PAD.r);
@@ -43,7 +46,7 @@ function lineChart(title, samples, series, ymax, unit) {
   return h("figure", { class: "plot" }, h("figcaption", {}, title,
     series.map((s, i) => h("span", { class: "legend" }, h("i", { class: `sw c${i % COLORS.length}` }), s.name))),
     svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", "aria-label": title },
-      axes(t0, now, ymax, unit), lines));
+      axes(t0, now, ymax, fmt), lines));
 }
 
 function stateChart(title, samples, keys, interval) {
@@ -87,8 +90,8 @@ export function renderPlots(el, nodes, histories) {
     return h("article", { class: "node", dataset: { node: n.name } },
       h("h2", {}, n.name, h("span", { class: "muted" }, ` ${samples.length} samples, one per ${hist.intervalSeconds} s`)),
       gpuIdx.length ? [
-        lineChart("GPU memory used", samples, gpuIdx.map((i) => ({ name: `GPU ${i}`, value: gpu(i, (g) => g.memoryUsedMib) })), total, ""),
-        lineChart("GPU utilization", samples, gpuIdx.map((i) => ({ name: `GPU ${i}`, value: gpu(i, (g) => g.utilizationPct) })), 100, "%"),
+        lineChart("GPU memory used", samples, gpuIdx.map((i) => ({ name: `GPU ${i}`, value: gpu(i, (g) => g.memoryUsedMib) })), total, gib),
+        lineChart("GPU utilization", samples, gpuIdx.map((i) => ({ name: `GPU ${i}`, value: gpu(i, (g) => g.utilizationPct) })), 100, (v) => `${Math.round(v)}%`),
       ] : h("p", { class: "muted" }, "No GPUs on this node."),
       keys.length ? stateChart("Replica states, last hour", samples, keys, hist.intervalSeconds)
         : h("p", { class: "muted" }, "No replicas in the last hour."));
