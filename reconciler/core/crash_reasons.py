@@ -33,7 +33,9 @@ KINDS = (
 
 _RULES: tuple[tuple[str, str, re.Pattern[str]], ...] = (
     ("port-in-use", "the port is taken",
-     re.compile(r"Errno 98|address already in use", re.I)),
+     re.compile(r"Errno 98|address already in use|Ray is trying to start at \S+, but is "
+                r"already running|No available ports\. Please specify a wider port range",
+                re.I)),
     ("cuda-out-of-memory", "out of GPU memory",
      re.compile(r"CUDA out of memory|OutOfMemoryError|cudaErrorMemoryAllocation|"
                 r"No available memory for the cache blocks|"
@@ -50,6 +52,7 @@ _RULES: tuple[tuple[str, str, re.Pattern[str]], ...] = (
                 r"no CUDA-capable device|CUDA_ERROR_\w+|illegal memory access", re.I)),
     ("ray-member-died", "a Ray member of the replica died",
      re.compile(r"RayWorkerProc.*died|ActorDiedError|actor died unexpectedly|"
+                r"Ray subprocesses exited unexpectedly|raylet \[exit code|"
                 r"The actor is (dead|temporarily unavailable)|raylet .*died|"
                 r"node .* (is dead|was marked dead)|GCS .*(unreachable|failed)|"
                 r"Failed to connect to GCS", re.I)),
@@ -57,7 +60,8 @@ _RULES: tuple[tuple[str, str, re.Pattern[str]], ...] = (
      re.compile(r"EngineDeadError|EngineCore encountered a fatal error|"
                 r"Engine core initialization failed|engine core .*(died|exited) unexpectedly|"
                 r"Engine core proc \S+ died unexpectedly|WorkerProc hit an exception|"
-                r"Worker proc \S+ died unexpectedly|EngineCore failed to start", re.I)),
+                r"Worker proc \S+ died unexpectedly|EngineCore failed to start|"
+                r"RuntimeError: Executor failed", re.I)),
     ("error", "an error",
      re.compile(r"^(\w+\.)*\w*(Error|Exception)\b: |\b(Error|Exception): \S")),
 )

@@ -91,6 +91,50 @@ CASES = [
         "exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) "
         "for the root cause.",
     ], 0, "engine-died", "WorkerProc hit an exception"),
+    ("captured GPU s1: kill -9 of EngineCore, the API server exits 0", [
+        "(APIServer pid=821) INFO:     127.0.0.1:39560 - \"POST /v1/chat/completions HTTP/1.1\" "
+        "200 OK",
+        "(APIServer pid=821) WARNING 11-29 22:30:23 [core_client.py:702] [shutdown] MPClient: "
+        "engine core exited unexpectedly; starting cleanup",
+        "(APIServer pid=821) INFO 11-29 22:30:23 [core_client.py:655] [shutdown] MPClient: start "
+        "timeout=default",
+        "(APIServer pid=821) ERROR 11-29 22:30:23 [async_llm.py:704] AsyncLLM output_handler "
+        "failed.",
+        "(APIServer pid=821) ERROR 11-29 22:30:23 [async_llm.py:704] vllm.v1.engine.exceptions."
+        "EngineDeadError: EngineCore encountered an issue. See stack trace (above) for the root "
+        "cause.",
+        "(APIServer pid=821) INFO:     127.0.0.1:39574 - \"GET /health HTTP/1.1\" 503 Service "
+        "Unavailable",
+        "(APIServer pid=821) INFO:     Finished server process [821]",
+        "/usr/lib/python3.12/multiprocessing/resource_tracker.py:254: UserWarning: "
+        "resource_tracker: There appear to be 1 leaked semaphore objects to clean up at shutdown",
+        "  warnings.warn('resource_tracker: There appear to be %d '",
+    ], 0, "engine-died", "engine core exited unexpectedly"),
+    ("captured GPU s3: the follower's `ray start --block` after kill -9 of its raylet", [
+        "2026-11-29 22:45:27,496\tERR scripts.py:1307 -- Some Ray subprocesses exited "
+        "unexpectedly:",
+        "2026-11-29 22:45:27,496\tERR scripts.py:87 -- raylet [exit code=-9]",
+        "2026-11-29 22:45:27,497\tERR scripts.py:1315 -- Remaining processes will be killed.",
+    ], 1, "ray-member-died", "Some Ray subprocesses exited unexpectedly"),
+    ("captured GPU s3: the leader's engine once its pipeline peer is gone", [
+        "(EngineCore pid=5211) ERROR 11-29 22:45:29 [core.py:1233]     raise RuntimeError("
+        "\"Executor failed.\")",
+        "(EngineCore pid=5211) ERROR 11-29 22:45:29 [core.py:1233] RuntimeError: Executor "
+        "failed.",
+        "(APIServer pid=2266) ERROR 11-29 22:45:29 [async_llm.py:704] vllm.v1.engine.exceptions."
+        "EngineDeadError: EngineCore encountered an issue. See stack trace (above) for the root "
+        "cause.",
+    ], 0, "engine-died", "RuntimeError: Executor failed."),
+    ("captured GPU s3: a new Ray head while the old GCS still answers", [
+        "ConnectionError: Ray is trying to start at 198.18.0.12:21200, but is already running at "
+        "198.18.0.12:21200. Please specify a different port using the `--port` flag of `ray "
+        "start` command.",
+    ], 1, "port-in-use", "already running at 198.18.0.12:21200"),
+    ("captured GPU s3: Ray's worker ports used up by one idle worker per CPU", [
+        "[2026-11-29 22:34:07,814 E 13518 13518] core_worker_process.cc:247: Failed to register "
+        "worker to Raylet: Invalid: Invalid: No available ports. Please specify a wider port "
+        "range using --min-worker-port and --max-worker-port. worker_id=26d598d75eef8f98",
+    ], 1, "port-in-use", "No available ports"),
     ("CUDA error without OOM", [
         "(EngineCore_DP0 pid=5) ERROR 11-29 13:00:01 [core.py:1008] RuntimeError: CUDA error: "
         "an illegal memory access was encountered",

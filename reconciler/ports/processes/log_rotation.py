@@ -37,6 +37,26 @@ def rotate_log(path: Path, max_bytes: int, backups: int) -> bool:
 
 
 
+def log_tail_lines(path: Path, max_bytes: int = 64 * 1024) -> list[str]:
+    """The lines the process wrote since its last start header, oldest first, from the
+    last `max_bytes` of the log (the cause of a crash sits up to ~50 lines above its end)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            tail = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    lines = tail.splitlines()
+    if size > max_bytes and lines:
+        lines = lines[1:]  # the first one is cut
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith(HEADER_PREFIX):
+            return lines[i + 1:]
+    return lines
+
+
 def last_log_line(path: Path, limit: int = 300) -> str:
     """The last line the process wrote (not one of our headers), at most `limit` chars."""
     try:

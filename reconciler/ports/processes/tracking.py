@@ -12,8 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reconciler.core.crash_reasons import classify
 from reconciler.core.vocabulary import Health, ProcessObservation
-from reconciler.ports.processes.log_rotation import last_log_line
+from reconciler.ports.processes.log_rotation import last_log_line, log_tail_lines
 from reconciler.ports.processes.members import leader_alive
 from reconciler.ports.processes.probe import probe_engine
 from reconciler.ports.processes.proc import age_seconds, read_environ
@@ -62,8 +63,14 @@ def check_exit(tracked: Tracked, log_path: Path) -> None:
         return
     tracked.exited = True
     tracked.health = "unhealthy"
-    line = last_log_line(log_path)
-    tracked.detail = f"last log line: {line}" if line else ""
+    # The cause, not the last line: vLLM's API server exits 0 after its engine died and
+    # ends on a resource_tracker warning (core/crash_reasons.py reads the whole tail)
+    reason = classify(log_tail_lines(log_path), tracked.exit_code)
+    tracked.detail = reason.describe()
+    if not reason.line:
+        line = last_log_line(log_path)
+        if line:
+            tracked.detail += f"; last log line: {line}"
 
 
 def engine_api_key(pid: int) -> str | None:
