@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping
 
 from reconciler.core.launch import mp_multi_node, replica_gcs_address
+from reconciler.core.peer_choice import peers_to_ask
 from reconciler.core.vocabulary import (
     MemberKey,
     ObservedState,
@@ -39,8 +40,12 @@ def observe(
     ray_views: dict[ReplicaKey, RayView] = {}
     peer_view: Mapping[ReplicaKey, PeerReplica] = {}
     if desired is not None and placement is not None:
-        if peers is not None and len(desired.cluster.spec.nodes) > 1:
-            peer_view = peers.replicas()
+        if peers is not None:
+            # only the leaders whose answers this node's plan reads, from this tick's
+            # placement: not every node of the Cluster (N nodes asking N would be N^2)
+            ask = peers_to_ask(desired, placement, node)
+            if ask:
+                peer_view = peers.replicas(ask)
         for p in placement.on_node(node):
             if ray is None or not p.multi_node or p.ray_block is None:
                 continue

@@ -145,7 +145,8 @@ def ray_port(config: NodeConfig) -> SubprocessRayPort:
 
 
 def peer_addresses(desired: DesiredState | None, node_name: str) -> list[PeerAddress]:
-    """Every other node of the Cluster document: whom to ask for their leaders."""
+    """Every other node of the Cluster document: where to find the peers a tick asks
+    (reconciler.core.peer_choice picks which)."""
     if desired is None:
         return []
     return [

@@ -9,7 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,15 +19,16 @@ from schemas.status import Member, NodeStatus, Replica
 
 
 class PeerPort(Protocol):
-    def replicas(self) -> Mapping[ReplicaKey, PeerReplica]:
-        """Best effort: unreachable peers are simply absent."""
+    def replicas(self, nodes: Collection[str]) -> Mapping[ReplicaKey, PeerReplica]:
+        """What the named nodes lead (reconciler.core.peer_choice says whom to ask).
+        Best effort: unreachable peers are simply absent."""
         ...
 
 
 class NoPeers:
     """A one-node cluster has nobody to ask."""
 
-    def replicas(self) -> Mapping[ReplicaKey, PeerReplica]:
+    def replicas(self, nodes: Collection[str]) -> Mapping[ReplicaKey, PeerReplica]:
         return {}
 
 
@@ -109,8 +110,9 @@ def peer_replicas(status: NodeStatus) -> dict[ReplicaKey, PeerReplica]:
 
 
 class HttpPeers:
-    """`PeerPort` over the peers' /status. Asks every other node of the Cluster document
-    in parallel with a short timeout; unreachable peers are simply absent."""
+    """`PeerPort` over the peers' /status. Asks the named nodes, found among `peers`
+    (the Cluster document's other nodes), in parallel with a short timeout; unreachable
+    peers and names `peers` does not know are simply absent."""
 
     def __init__(
         self,
@@ -132,12 +134,15 @@ class HttpPeers:
             _log.debug("peer unreachable", extra={"peer": name, "error": str(exc)})
             return {}
 
-    def replicas(self) -> Mapping[ReplicaKey, PeerReplica]:
+    def replicas(self, nodes: Collection[str]) -> Mapping[ReplicaKey, PeerReplica]:
         merged: dict[ReplicaKey, PeerReplica] = {}
+        if not nodes:
+            return merged
+        wanted = set(nodes)
+        asked = [a for a in self._peers() if a.name in wanted]
         # each peer within the timeout, none waited on past it (a tick never stalls on a
         # slow peer); unreachable ones are simply absent
-        for answer in ask_all(list(self._peers()), self._fetch, timeout_s=self._timeout,
-                              concurrency=16):
+        for answer in ask_all(asked, self._fetch, timeout_s=self._timeout, concurrency=16):
             if answer.status is None:
                 _log.debug("peer unreachable",
                            extra={"peer": answer.peer.name, "error": answer.error})

@@ -1,30 +1,37 @@
 """What other nodes would report, set by the test.
 
-Set `reports` directly, or say what a peer runs with `lead()`: it records the
-`PeerReplica` that the real port (reconciler.ports.peers.HttpPeers) reads from that
-peer's /status, checked by tests/contract/test_peers_contract.py.
+Say what a peer runs with `lead(..., by=node)`: it records the `PeerReplica` that the
+real port (reconciler.ports.peers.HttpPeers) reads from that peer's /status, checked by
+tests/contract/test_peers_contract.py. Like the real port, only the nodes asked answer;
+`asked` keeps each call's names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from reconciler.core.vocabulary import PeerReplica, ReplicaKey
 
 
 class FakePeers:
     def __init__(self) -> None:
-        self.reports: dict[ReplicaKey, PeerReplica] = {}
+        self.reports: dict[str, dict[ReplicaKey, PeerReplica]] = {}  # by leading node
+        self.asked: list[tuple[str, ...]] = []
 
-    def replicas(self) -> Mapping[ReplicaKey, PeerReplica]:
-        return dict(self.reports)
+    def replicas(self, nodes: Collection[str]) -> Mapping[ReplicaKey, PeerReplica]:
+        names = tuple(sorted(nodes))
+        self.asked.append(names)
+        out: dict[ReplicaKey, PeerReplica] = {}
+        for name in names:
+            out.update(self.reports.get(name, {}))
+        return out
 
     def lead(
-        self, key: ReplicaKey, spec_hash: str, *, ready: bool, ray_head: bool = False
+        self, key: ReplicaKey, spec_hash: str, *, ready: bool, by: str, ray_head: bool = False
     ) -> None:
-        """A peer leads `key` and runs its engine at `spec_hash` (answering probes when
+        """Node `by` leads `key` and runs its engine at `spec_hash` (answering probes when
         `ready`), beside a running Ray head at the same hash when `ray_head`."""
-        self.reports[key] = PeerReplica(
+        self.reports.setdefault(by, {})[key] = PeerReplica(
             spec_hash=spec_hash,
             ready=ready,
             head_up=ray_head,

@@ -1,6 +1,6 @@
 """The peers port's contract: HttpPeers asking a loopback stand-in for another daemon's
 /status, and FakePeers told the same facts with `lead()`, report the same replicas; a
-peer that stops answering is simply absent from both.
+peer that stops answering, or is not asked, is simply absent from both.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from testrigs.status_docs import status_dict
 
 SINGLE = ReplicaKey("chat", 0)
 MULTI = ReplicaKey("big", 1)
+PEER = "n2"  # the one peer of both worlds
 
 
 class World(Protocol):
@@ -94,7 +95,7 @@ class FakeWorld:
 
     def lead(self, key: ReplicaKey, spec_hash: str, *, ready: bool,
              ray_head: bool = False) -> None:
-        self.fake.lead(key, spec_hash, ready=ready, ray_head=ray_head)
+        self.fake.lead(key, spec_hash, ready=ready, by=PEER, ray_head=ray_head)
 
     def unreachable(self) -> None:
         self.fake.unreachable()
@@ -111,13 +112,13 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
 
 
 def test_a_peer_with_nothing_reports_nothing(world: World) -> None:
-    assert dict(world.port.replicas()) == {}
+    assert dict(world.port.replicas([PEER])) == {}
 
 
 def test_what_a_peer_leads_is_reported_as_it_runs(world: World) -> None:
     world.lead(SINGLE, "aaaa", ready=False)
     world.lead(MULTI, "bbbb", ready=True, ray_head=True)
-    assert dict(world.port.replicas()) == {
+    assert dict(world.port.replicas([PEER])) == {
         SINGLE: PeerReplica("aaaa", ready=False, engine_hash="aaaa"),
         MULTI: PeerReplica("bbbb", ready=True, head_up=True, engine_hash="bbbb",
                            engine_ready=True),
@@ -126,6 +127,13 @@ def test_what_a_peer_leads_is_reported_as_it_runs(world: World) -> None:
 
 def test_an_unreachable_peer_is_simply_absent(world: World) -> None:
     world.lead(SINGLE, "aaaa", ready=True)
-    assert SINGLE in world.port.replicas()
+    assert SINGLE in world.port.replicas([PEER])
     world.unreachable()
-    assert dict(world.port.replicas()) == {}
+    assert dict(world.port.replicas([PEER])) == {}
+
+
+def test_only_the_nodes_asked_answer(world: World) -> None:
+    world.lead(SINGLE, "aaaa", ready=True)
+    assert dict(world.port.replicas([])) == {}
+    assert dict(world.port.replicas(["n3"])) == {}
+    assert SINGLE in world.port.replicas(["n3", PEER])

@@ -378,4 +378,5 @@ def test_peers_read_leaders_from_status() -> None:
 
     peers = HttpPeers(lambda: [PeerAddress("n1", "10.0.0.1", 9400),
                                PeerAddress("n2", "10.0.0.2", 9400)], fetch=fetch)
-    assert set(peers.replicas()) == {ReplicaKey("a", 0), ReplicaKey("c", 1)}
+    assert set(peers.replicas(["n1", "n2"])) == {ReplicaKey("a", 0), ReplicaKey("c", 1)}
+    assert peers.replicas(["n2"]) == {}  # only the asked nodes answer

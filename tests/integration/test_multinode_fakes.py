@@ -11,12 +11,13 @@ and kills Ray nodes.
 Scenarios: a 2- and a 3-node replica form (head, workers at the head's spec hash, then
 the engine on the leader) and become Ready on every node; a follower's Ray node dies ->
 the whole replica is torn down on every node and, after a backoff on the fake clock (not
-before), formed again.
+before), formed again; a RollingUpdate across nodes goes in index order. Each node asks
+only the peers reconciler.core.peer_choice names, and reads only what those answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,16 +54,18 @@ def a_yaml(nodes: list[str]) -> str:
 
 
 class WorldPeers:
-    """The peers port of one node: the other nodes' last published /status, as JSON."""
+    """The peers port of one node: the asked nodes' last published /status, as JSON."""
 
     def __init__(self, world: World, me: str) -> None:
         self.world = world
         self.me = me
+        self.asked: set[str] = set()
 
-    def replicas(self) -> Mapping[ReplicaKey, PeerReplica]:
+    def replicas(self, nodes: Collection[str]) -> Mapping[ReplicaKey, PeerReplica]:
+        self.asked.update(nodes)
         out: dict[ReplicaKey, PeerReplica] = {}
         for name, node in self.world.nodes.items():
-            if name != self.me and node.published is not None:
+            if name in nodes and name != self.me and node.published is not None:
                 out.update(peer_replicas(NodeStatus.model_validate(node.published)))
         return out
 
@@ -75,11 +78,12 @@ class Node:
         self.ray = RayProcesses(self.procs, world.ray)
         self.sync = SourceSync(world.source, state)
         self.inventory = InventoryStore(state)
+        self.peers = WorldPeers(world, name)
         self.rec = Reconciler(
             node=NodeContext(name=name, python="/opt/vllm/bin/python", ray="/opt/vllm/bin/ray",
                              backoff=BackoffPolicy(initial_s=BACKOFF_S, jitter=0.0)),
             ports=Ports(gpus=FakeGpuPort(1, node=name), processes=self.ray, clock=world.clock,
-                        ray=world.ray, peers=WorldPeers(world, name)),
+                        ray=world.ray, peers=self.peers),
             inventory=self.inventory,
             desired=lambda: self.sync.desired,
             apply_config=ApplyConfig(stop_grace_s=1.0),
@@ -135,9 +139,9 @@ class World:
         for node in self.nodes.values():
             node.tick(self.clock.now())
         for node in self.nodes.values():
-            p = node.procs.process(node.member("engine"))
-            if p is not None and p.running and p.health == "starting":
-                node.procs.set_health(node.member("engine"), "ready")
+            for p in node.procs.list():
+                if p.member.role == "engine" and p.running and p.health == "starting":
+                    node.procs.set_health(p.member, "ready")
 
     def order(self) -> list[str]:
         """The replica's nodes, leader first (placement decides, every node agrees)."""
@@ -241,4 +245,71 @@ def test_a_dead_member_restarts_the_whole_replica_after_a_backoff(world: World,
     assert view is not None and len(view.alive_nodes) == size and view.lost == ()
     # every state change on the way went through the lifecycle table (in a 3-node replica
     # the follower that only fate-shared goes Ready -> Pending, waiting for a new head)
+    assert all(n.rec.refused_transitions == {} for n in world.nodes.values())
+
+
+def test_each_node_asks_only_the_leaders_its_plan_reads(world: World) -> None:
+    world.source.commit({"cluster.yaml": CLUSTER, "mn.yaml": a_yaml(["h1", "h2"])})
+    world.add_nodes()
+    world.until("Ready on every member", lambda: world.ready_everywhere(["h1", "h2"]))
+    leader, follower = world.order()
+    assert world.nodes[follower].peers.asked == {leader}
+    assert world.nodes[leader].peers.asked == set()
+    assert world.nodes["h3"].peers.asked == set()
+
+
+def _roll_yaml(max_model_len: int) -> str:
+    text = deployment_yaml("roll", nodes=["h1", "h2"], pipeline=1, port=8010,
+                           max_model_len=max_model_len)
+    return text.replace("spec:\n", "spec:\n  replicas: 2\n", 1)
+
+
+def test_a_rolling_update_across_nodes_goes_in_index_order(world: World) -> None:
+    """Replica 1's node replaces its engine only once replica 0, on another node, is
+    Ready at the new hash: it must ask replica 0's leader, though it follows nobody."""
+    world.source.commit({"cluster.yaml": CLUSTER, "roll.yaml": _roll_yaml(1024)})
+    world.add_nodes()
+
+    def published(index: int) -> dict[str, Any] | None:
+        for node in world.nodes.values():
+            for r in (node.published or {}).get("replicas", []):
+                if r["deployment"] == "roll" and r["index"] == index and r["nodes"] == [
+                        node.name]:
+                    return dict(r)
+        return None
+
+    def ready_at(index: int, h: str | None) -> bool:
+        r = published(index)
+        return r is not None and r["state"] == "Ready" and (h is None or r["specHash"] == h)
+
+    world.until("both replicas Ready", lambda: ready_at(0, None) and ready_at(1, None))
+    r0, r1 = published(0), published(1)
+    assert r0 is not None and r1 is not None and r0["nodes"] != r1["nodes"]
+    second = world.nodes[r1["nodes"][0]]
+    old = r1["specHash"]
+    engine1 = MemberKey(ReplicaKey("roll", 1), "engine")
+
+    world.source.commit({"cluster.yaml": CLUSTER, "roll.yaml": _roll_yaml(2048)})
+    new: str | None = None
+    replica0_ready_new = replica1_replaced = None
+    for n in range(20):
+        world.round()
+        r = published(0)
+        if r is not None and r["specHash"] != old:
+            new = r["specHash"]
+        p = second.procs.process(engine1)
+        if replica1_replaced is None and (p is None or not p.running
+                                          or p.launch.spec_hash != old):
+            replica1_replaced = n
+        if replica0_ready_new is None and new is not None and ready_at(0, new):
+            replica0_ready_new = n
+        if new is not None and ready_at(0, new) and ready_at(1, new):
+            break
+    else:
+        raise AssertionError(f"rollout not done: {published(0)}, {published(1)}")
+    assert replica0_ready_new is not None and replica1_replaced is not None
+    # held back while replica 0 was not Ready at the new hash; replaced once it was (in the
+    # same round when replica 0's node ticks first: it publishes before the other reads)
+    assert replica1_replaced >= max(1, replica0_ready_new)
+    assert second.peers.asked == {r0["nodes"][0]}
     assert all(n.rec.refused_transitions == {} for n in world.nodes.values())

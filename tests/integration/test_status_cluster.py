@@ -106,6 +106,6 @@ def test_daemon_peers_port_over_many_peers_some_stalled() -> None:
         addresses = [PeerAddress(n["name"], n["address"], n["statusPort"])
                      for n in peers.nodes[1:]]
         port = HttpPeers(lambda: addresses, timeout_s=0.5)
-        found = port.replicas()
+        found = port.replicas([a.name for a in addresses])
     assert set(found) == {ReplicaKey(f"peer-{i}", 0) for i in range(30)}
     assert all(r.spec_hash == "h1" and r.ready for r in found.values())
