@@ -52,7 +52,9 @@ fi
 # the committed tree the device runs (a clean copy of HEAD, with its commit id)
 # GPUCHECK_EXTRA="path ..." adds those paths from the working tree (say, a package HEAD
 # imports that its author has not committed yet); the commit record names them.
-git archive --format=tar --prefix=./ HEAD > $W/src.tar
+# (what the check runs: reconciler/, schemas/, testrigs/; tests and docs stay here, to keep
+# the second call under the tool's 64 MiB)
+git archive --format=tar --prefix=./ HEAD reconciler schemas testrigs pyproject.toml > $W/src.tar
 mkdir -p $W/srcmeta && git rev-parse HEAD > $W/srcmeta/.gpu-commit
 if [ -n "${GPUCHECK_EXTRA:-}" ]; then
   tar -rf $W/src.tar --exclude=__pycache__ $GPUCHECK_EXTRA
