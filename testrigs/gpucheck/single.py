@@ -277,4 +277,6 @@ def scenario_two_gpus(env: Env, run: Run, model: Path) -> None:
         if holder.poll() is None:
             holder.kill()
             holder.wait(30)
+        if holder.stdout is not None:
+            holder.stdout.close()
         d.stop()

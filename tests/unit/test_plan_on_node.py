@@ -80,3 +80,50 @@ def test_an_unreadable_config_named_on_the_command_line_is_an_error(
     (repo / "cluster.yaml").write_text(CLUSTER)
     assert main(["plan", "--repo", str(repo), "--node", "gpu-node", "--config", str(bad)]) == 2
     assert "source" in capsys.readouterr().err
+
+
+def test_plan_shows_a_kept_member_on_the_gpus_it_runs_on() -> None:
+    """Seen on the GPU machine: plan said 'one/0 engine [keep] gpus 0' while the engine ran
+    on GPU 1, beside a stranger on GPU 0."""
+    import time
+
+    from reconciler.cli.plan import as_the_node_does, member_status
+    from reconciler.core.converged import node_members
+    from reconciler.core.placement import place
+    from reconciler.core.plan import plan
+    from reconciler.core.vocabulary import Inventory
+    from testrigs import builders as b
+
+    cluster = b.cluster(b.node("n1", gpus=2))
+    desired = b.desired(cluster, b.deployment("one", placement={"nodes": ["n1"]}))
+    placement = place(desired)
+    ctx = b.ctx("n1")
+    [member] = node_members(desired, placement, ctx)
+    assert member.launch.gpus == (0,)  # the ideal numbering of an empty node
+    running = b.proc("one", spec_hash=member.launch.spec_hash, gpus=(1,), pid=4242)
+    observed = b.observed("n1", b.gpus(2, pids={0: (999,), 1: (4242,)}), running,
+                          foreign=frozenset({999}))
+    p = plan(desired, observed, Inventory(), time.time(), ctx, placement=placement)
+    shown = as_the_node_does(member, observed, p)
+    assert member_status(member, observed) == "keep"
+    assert shown.launch.gpus == (1,) and shown.launch.env["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+def test_plan_shows_a_member_to_start_on_the_gpus_the_next_tick_gives_it() -> None:
+    import time
+
+    from reconciler.cli.plan import as_the_node_does
+    from reconciler.core.converged import node_members
+    from reconciler.core.placement import place
+    from reconciler.core.plan import plan
+    from reconciler.core.vocabulary import Inventory
+    from testrigs import builders as b
+
+    cluster = b.cluster(b.node("n1", gpus=2))
+    desired = b.desired(cluster, b.deployment("one", placement={"nodes": ["n1"]}))
+    placement = place(desired)
+    ctx = b.ctx("n1")
+    [member] = node_members(desired, placement, ctx)
+    observed = b.observed("n1", b.gpus(2, pids={0: (999,)}), foreign=frozenset({999}))
+    p = plan(desired, observed, Inventory(), time.time(), ctx, placement=placement)
+    assert as_the_node_does(member, observed, p).launch.gpus == (1,)
