@@ -232,6 +232,18 @@ def engine_launch(
     )
 
 
+def ray_num_cpus(gpus: int) -> int:
+    """The CPUs a replica's Ray node declares: one per GPU, plus one.
+
+    Ray keeps an idle worker process per declared CPU, each on a port of the replica's
+    worker-port block. Left to itself it declares every core of the host: on the 32-core
+    GPU machine the 30 worker ports of a small block ran out ("No available ports") and
+    vLLM's driver hung registering. vLLM's Ray workers and our test engine's actors ask
+    for num_cpus=0, so declaring per GPU costs nothing and keeps the pool small on any host.
+    """
+    return gpus + 1
+
+
 def ray_launch(
     ctx: NodeContext,
     cluster: Cluster,
@@ -259,6 +271,7 @@ def ray_launch(
             ports,
             len(gpus),
             ray_temp_dir(ctx.state_dir, member, spec_hash),
+            num_cpus=ray_num_cpus(len(gpus)),
             labels=labels,
         )
     else:
@@ -272,6 +285,7 @@ def ray_launch(
             ports,
             len(gpus),
             temp_dir=ray_temp_dir(ctx.state_dir, member, spec_hash),
+            num_cpus=ray_num_cpus(len(gpus)),
             labels=labels,
         )
     net = cluster.spec.network

@@ -52,6 +52,9 @@ def test_reference_cluster_all_nodes(capsys: pytest.CaptureFixture[str]) -> None
     assert engine["env"]["RAY_ADDRESS"].startswith("10.10.0.")
     head = next(m for m in leader["members"] if m["role"] == "ray-head")
     assert head["gpus"] == list(range(8)) and ("--num-gpus", "8") in _pairs(head["argv"])
+    # Ray's idle-worker pool follows the declared CPUs: per GPU, not per host core, so a
+    # 90-port worker block never runs out on a many-core host (seen on the H200 machine).
+    assert ("--num-cpus", "9") in _pairs(head["argv"])
     assert head["env"]["NCCL_SOCKET_IFNAME"] == "eth2"
     # the steps: head first, the three workers, the driver last
     assert leader["steps"][0].startswith(f"{leader['node']}: start deepseek-r1/0 ray-head")
@@ -63,6 +66,7 @@ def test_reference_cluster_all_nodes(capsys: pytest.CaptureFixture[str]) -> None
         assert worker["role"] == "ray-worker" and worker["status"] == "start"
         assert worker["gpus"] == list(range(8))
         assert ("--num-gpus", "8") in _pairs(worker["argv"])
+        assert ("--num-cpus", "9") in _pairs(worker["argv"])
         assert worker["env"]["GLOO_SOCKET_IFNAME"] == "eth2"
         assert worker["env"]["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"
         assert f["changes"] is True
