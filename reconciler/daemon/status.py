@@ -123,9 +123,14 @@ def _cluster(desired: DesiredState | None) -> doc.ClusterInfo | None:
 def _deployments(snap: Snapshot, replicas: list[ReplicaStatus]) -> list[doc.Deployment]:
     if snap.desired is None:
         return []
+    # grouped once: a scan of every replica per deployment is quadratic (2,000 x 3,000)
+    by_deployment: dict[str, list[ReplicaStatus]] = {}
+    for s in replicas:
+        if snap.node in s.nodes:
+            by_deployment.setdefault(s.replica.deployment, []).append(s)
     out = []
     for name, dep in snap.desired.deployments.items():
-        mine = [s for s in replicas if s.replica.deployment == name and snap.node in s.nodes]
+        mine = by_deployment.get(name, [])
         spec = dep.spec
         out.append(
             doc.Deployment(

@@ -9,12 +9,11 @@ layer per stage.
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from typing import Any
 
 from reconciler.core.errors import Problem
+from reconciler.desired.model_config import read_config
 from reconciler.desired.yaml_positions import Document
 from schemas.v1alpha1 import ModelDeployment
 
@@ -58,11 +57,8 @@ def _config(dep: ModelDeployment) -> dict[str, Any] | None:
     path = dep.spec.model.path
     if path is None:
         return None
-    try:
-        data = json.loads((Path(path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
+    data = read_config(path)
+    if data is None:
         return None
     text = data.get("text_config", data)
     return text if isinstance(text, dict) else None

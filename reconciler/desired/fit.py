@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from reconciler.core.printable import escape_controls
 from reconciler.core.topology import candidate_nodes, node_stats, replica_shape
+from reconciler.desired.model_config import read_config
 from reconciler.desired.state import DesiredState
 from schemas.v1alpha1 import ModelDeployment
 
@@ -60,14 +60,6 @@ class FitRow:
         return self.verdict == "does not fit"
 
 
-def _read_config(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _weight_bytes_on_disk(path: Path) -> float | None:
     index = path / "model.safetensors.index.json"
     try:
@@ -83,7 +75,7 @@ def _weight_bytes_on_disk(path: Path) -> float | None:
 def model_facts(dep: ModelDeployment) -> ModelFacts:
     src = dep.spec.model
     declared = src.architecture
-    config = _read_config(Path(src.path)) if src.path else None
+    config = read_config(src.path) if src.path else None
     if config is not None:
         text = config.get("text_config", config)
         layers = int(text.get("num_hidden_layers", 0)) or None

@@ -16,8 +16,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from reconciler.core.errors import InvalidDesiredState, Problem
+from reconciler.desired.parse_cache import ParseCache, ParsedDocument
 from reconciler.desired.state import DesiredState
-from reconciler.desired.yaml_positions import Document, FieldPath, read_documents
+from reconciler.desired.yaml_positions import (
+    Document,
+    FieldPath,
+    ReusedDocument,
+    documents_of,
+    read_documents,
+)
 from schemas.v1alpha1 import API_VERSION, KINDS, LOCK_FILE, Cluster, ModelDeployment
 
 SKIP_DIRS = {".git", ".github", ".gitea", ".forgejo", "node_modules"}
@@ -74,47 +81,76 @@ def _validation_problems(doc: Document, exc: ValidationError) -> list[Problem]:
 
 
 def parse_documents(
-    files: list[Path], kinds_seen: set[str] | None = None
+    files: list[Path], kinds_seen: set[str] | None = None, cache: ParseCache | None = None
 ) -> tuple[list[tuple[Document, Cluster | ModelDeployment]], list[Problem]]:
-    """Validate every document; `kinds_seen` collects the kind of each, valid or not."""
+    """Validate every document; `kinds_seen` collects the kind of each, valid or not.
+    With `cache`, files whose bytes the previous load read cleanly are not parsed again."""
     parsed: list[tuple[Document, Cluster | ModelDeployment]] = []
     problems: list[Problem] = []
     for file in files:
-        docs, file_problems = read_documents(file)
-        problems.extend(file_problems)
-        for doc in docs:
-            if not isinstance(doc.data, dict):
-                problems.append(
-                    doc.problem((), f"a document must be a mapping, not {_kind_of(doc.data)}")
-                )
-                continue
-            api_version = doc.data.get("apiVersion")
-            kind = doc.data.get("kind")
-            if kinds_seen is not None and isinstance(kind, str):
-                kinds_seen.add(kind)
-            if api_version is None:
-                problems.append(doc.problem((), "missing apiVersion"))
-                continue
-            if api_version != API_VERSION:
-                problems.append(
-                    doc.problem(
-                        ("apiVersion",),
-                        f"unsupported apiVersion {api_version!r}; expected {API_VERSION!r}",
-                    )
-                )
-                continue
-            if kind is None:
-                problems.append(doc.problem((), "missing kind"))
-                continue
-            if kind not in KINDS:
-                known = ", ".join(sorted(KINDS))
-                problems.append(doc.problem(("kind",), f"unknown kind {kind!r}; known: {known}"))
-                continue
+        raw: bytes | None = None
+        if cache is not None:
             try:
-                parsed.append((doc, KINDS[kind].model_validate(doc.data)))
-            except ValidationError as exc:
-                problems.extend(_validation_problems(doc, exc))
+                raw = file.read_bytes()
+            except OSError:
+                raw = None  # read_documents words it
+            reused = cache.get(raw) if raw is not None else None
+            if raw is not None and reused is not None:
+                for d in reused:
+                    if kinds_seen is not None:
+                        kinds_seen.add(d.kind)
+                    parsed.append((ReusedDocument(file, d.index, raw, d.root), d.model))
+                continue
+        first_problem, first_parsed = len(problems), len(parsed)
+        docs, file_problems = read_documents(file) if raw is None else documents_of(file, raw)
+        problems.extend(file_problems)
+        _validate_documents(docs, parsed, problems, kinds_seen)
+        if cache is not None and raw is not None and len(problems) == first_problem:
+            cache.put(raw, tuple(
+                ParsedDocument(doc.index, doc.data["kind"], model, doc.where(()))
+                for doc, model in parsed[first_parsed:]
+            ))
     return parsed, problems
+
+
+def _validate_documents(
+    docs: list[Document],
+    parsed: list[tuple[Document, Cluster | ModelDeployment]],
+    problems: list[Problem],
+    kinds_seen: set[str] | None,
+) -> None:
+    for doc in docs:
+        if not isinstance(doc.data, dict):
+            problems.append(
+                doc.problem((), f"a document must be a mapping, not {_kind_of(doc.data)}")
+            )
+            continue
+        api_version = doc.data.get("apiVersion")
+        kind = doc.data.get("kind")
+        if kinds_seen is not None and isinstance(kind, str):
+            kinds_seen.add(kind)
+        if api_version is None:
+            problems.append(doc.problem((), "missing apiVersion"))
+            continue
+        if api_version != API_VERSION:
+            problems.append(
+                doc.problem(
+                    ("apiVersion",),
+                    f"unsupported apiVersion {api_version!r}; expected {API_VERSION!r}",
+                )
+            )
+            continue
+        if kind is None:
+            problems.append(doc.problem((), "missing kind"))
+            continue
+        if kind not in KINDS:
+            known = ", ".join(sorted(KINDS))
+            problems.append(doc.problem(("kind",), f"unknown kind {kind!r}; known: {known}"))
+            continue
+        try:
+            parsed.append((doc, KINDS[kind].model_validate(doc.data)))
+        except ValidationError as exc:
+            problems.extend(_validation_problems(doc, exc))
 
 
 def _kind_of(value: Any) -> str:
@@ -151,16 +187,20 @@ def no_cyclic_gc() -> Iterator[None]:
 
 
 def load_directory(
-    root: Path, revision: str = "local", max_files: int | None = None
+    root: Path, revision: str = "local", max_files: int | None = None,
+    cache: ParseCache | None = None,
 ) -> DesiredState:
     """Load and validate everything under `root`; raise InvalidDesiredState listing all problems.
 
-    `max_files`: refuse more YAML files than this (default MAX_FILES)."""
+    `max_files`: refuse more YAML files than this (default MAX_FILES). `cache`: what the
+    previous load of the same caller made of each file (see parse_cache)."""
     with no_cyclic_gc():
-        return _load_directory(root, revision, max_files)
+        return _load_directory(root, revision, max_files, cache)
 
 
-def _load_directory(root: Path, revision: str, max_files: int | None) -> DesiredState:
+def _load_directory(
+    root: Path, revision: str, max_files: int | None, cache: ParseCache | None
+) -> DesiredState:
     from reconciler.desired.cross_checks import cross_check
 
     if not root.exists():
@@ -172,7 +212,11 @@ def _load_directory(root: Path, revision: str, max_files: int | None) -> Desired
     if len(files) > limit:
         raise InvalidDesiredState([too_many_files(root, len(files), limit)])
     kinds_seen: set[str] = set()
-    parsed, problems = parse_documents(files, kinds_seen)
+    if cache is not None:
+        cache.begin()
+    parsed, problems = parse_documents(files, kinds_seen, cache)
+    if cache is not None:
+        cache.end()
     clusters = [(d, m) for d, m in parsed if isinstance(m, Cluster)]
     deployments = [(d, m) for d, m in parsed if isinstance(m, ModelDeployment)]
     # an invalid Cluster document was already reported: "no Cluster" would only mislead

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.core.errors import InvalidDesiredState, Problem
+from reconciler.desired.parse_cache import ParseCache
 from reconciler.desired.state import DesiredState
 from reconciler.desired.validation import validate_revision
 from reconciler.ports.files import atomic_write
@@ -62,6 +63,8 @@ class SourceSync:
         self.desired: DesiredState | None = None
         self.failure: FetchError | RevisionRefusal | None = None
         self.fetched_at: float | None = None
+        # a push mostly changes a file or two: the others' parse is reused
+        self.parse_cache = ParseCache()
         self._restore()
 
     def _restore(self) -> None:
@@ -73,7 +76,8 @@ class SourceSync:
             return
         try:
             path = self.source.export(info.revision)
-            self.desired = validate_revision(path, revision=info.revision, max_files=self.max_files)
+            self.desired = validate_revision(path, revision=info.revision,
+                                             max_files=self.max_files, cache=self.parse_cache)
             self.good = info
             log.info("restored last good revision", extra={"revision": info.revision})
         except (SourceError, InvalidDesiredState) as exc:
@@ -109,7 +113,8 @@ class SourceSync:
                 head.revision, last_accepted=self.good.revision if self.good else None
             )
             path = self.source.export(head.revision)
-            desired = validate_revision(path, revision=head.revision, max_files=self.max_files)
+            desired = validate_revision(path, revision=head.revision, max_files=self.max_files,
+                                        cache=self.parse_cache)
         except SourceError as exc:
             self.failure = RevisionRefusal(
                 exc.reason, exc.message, head.revision, exc.retryable

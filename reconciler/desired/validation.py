@@ -19,6 +19,8 @@ from reconciler.core.errors import InvalidDesiredState, Problem
 from reconciler.core.printable import escape_fields
 from reconciler.desired.fit import FitRow, check_fit
 from reconciler.desired.loader import SKIP_DIRS, load_directory, no_cyclic_gc
+from reconciler.desired.model_config import one_read_each
+from reconciler.desired.parse_cache import ParseCache
 from reconciler.desired.placement_lock import read_lock
 from reconciler.desired.state import DesiredState
 from schemas.v1alpha1 import LOCK_FILE
@@ -40,15 +42,23 @@ class Verdict:
         return self.state is not None
 
 
-def check_revision(root: Path, revision: str = "local", max_files: int | None = None) -> Verdict:
-    with no_cyclic_gc():  # see there: a full collection walks the revision in force too
-        return _check_revision(root, revision, max_files)
+def check_revision(
+    root: Path, revision: str = "local", max_files: int | None = None,
+    cache: ParseCache | None = None,
+) -> Verdict:
+    """`cache`: a caller that loads revision after revision (the daemon) keeps one, so
+    that files a revision did not change are not parsed again (see parse_cache)."""
+    # no_cyclic_gc: see there (a full collection walks the revision in force too)
+    with no_cyclic_gc(), one_read_each():
+        return _check_revision(root, revision, max_files, cache)
 
 
-def _check_revision(root: Path, revision: str, max_files: int | None) -> Verdict:
+def _check_revision(
+    root: Path, revision: str, max_files: int | None, cache: ParseCache | None
+) -> Verdict:
     problems = file_problems(root)
     try:
-        state = load_directory(root, revision=revision, max_files=max_files)
+        state = load_directory(root, revision=revision, max_files=max_files, cache=cache)
     except InvalidDesiredState as exc:
         return Verdict(None, _clean(problems + list(exc.problems)))
     lock, lock_problems = read_lock(root)
@@ -85,10 +95,11 @@ def _check_revision(root: Path, revision: str, max_files: int | None) -> Verdict
 
 
 def validate_revision(
-    root: Path, revision: str = "local", max_files: int | None = None
+    root: Path, revision: str = "local", max_files: int | None = None,
+    cache: ParseCache | None = None,
 ) -> DesiredState:
     """The validated state of the revision under `root`; InvalidDesiredState otherwise."""
-    verdict = check_revision(root, revision, max_files)
+    verdict = check_revision(root, revision, max_files, cache)
     if verdict.state is None:
         raise InvalidDesiredState(list(verdict.problems))
     return verdict.state

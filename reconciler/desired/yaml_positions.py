@@ -48,6 +48,27 @@ class Document:
         return Problem(str(self.file), line, col, format_path(path), message)
 
 
+class ReusedDocument(Document):
+    """A document of a file whose very bytes were parsed and validated before (see
+    reconciler.desired.parse_cache): no data, and positions found again, by parsing the
+    same bytes the same way, only when a problem needs one."""
+
+    def __init__(self, file: Path, index: int, raw: bytes, root: tuple[int, int]) -> None:
+        super().__init__(file=file, index=index, data=None)
+        self._raw = raw
+        self._root = root  # where(()): every document's own line, asked for each one
+        self._parsed = False
+
+    def where(self, path: FieldPath) -> tuple[int, int]:
+        if not path:
+            return self._root
+        if not self._parsed:
+            self._parsed = True
+            docs, _ = documents_of(self.file, self._raw)
+            self.positions = next((d.positions for d in docs if d.index == self.index), {})
+        return super().where(path)
+
+
 def format_path(path: FieldPath) -> str:
     out = ""
     for part in path:
@@ -194,6 +215,11 @@ def read_documents(file: Path) -> tuple[list[Document], list[Problem]]:
         raw = file.read_bytes()
     except OSError as exc:
         return [], [Problem(str(file), 1, 1, "", f"cannot read file: {exc.strerror}")]
+    return documents_of(file, raw)
+
+
+def documents_of(file: Path, raw: bytes) -> tuple[list[Document], list[Problem]]:
+    """Parse every document in `raw`, the content of `file` (named in problems)."""
     if len(raw) > MAX_FILE_BYTES:
         return [], [
             Problem(str(file), 1, 1, "", f"file is {len(raw)} bytes; the limit is {MAX_FILE_BYTES}")

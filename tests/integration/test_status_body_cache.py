@@ -39,3 +39,24 @@ def test_status_is_the_published_one() -> None:
         assert api.status_body() is not first
     finally:
         api.stop()
+
+
+def test_the_body_says_what_the_document_says() -> None:
+    """Written by pydantic-core (model_dump_json), the body reads back as exactly what
+    model_dump(mode="json") gives, non-ASCII text and small and large floats included."""
+    st = node_status("nœud-0", [{"deployment": "d", "index": 0, "role": "single",
+                                 "nodes": ["nœud-0"], "state": "Ready", "specHash": "h",
+                                 "reason": "prêt ✓ \u2028 \"quoted\" \\ tab\t"}],
+                     notes=["Déploiement", "\x00\x1f"])
+    st = st.model_copy(update={"daemon": st.daemon.model_copy(
+        update={"uptime_seconds": 1e-7})})
+    api = HttpApi("127.0.0.1", 0, metrics=Metrics(), status=lambda: st,
+                  healthz=lambda: (True, "ok"), webhook_secret=lambda: None,
+                  on_webhook=lambda: None)
+    try:
+        body = api.status_body()
+        assert json.loads(body) == st.model_dump(mode="json")
+        assert json.loads(body) == json.loads(json.dumps(st.model_dump(mode="json"), indent=1))
+        assert body.endswith(b"}\n")
+    finally:
+        api.stop()

@@ -1,0 +1,46 @@
+"""config.json of a model directory: read once per revision check (the fit table and the
+parallelism checks both ask for it), read afresh by every check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reconciler.desired.model_config import one_read_each, read_config
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    reads: list[str] = []
+    real = Path.read_text
+
+    def read_text(self: Path, *args: object, **kwargs: object) -> str:
+        reads.append(str(self))
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    return reads
+
+
+def test_once_per_check_and_afresh_for_the_next(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 4}))
+    reads = _counting(monkeypatch)
+    with one_read_each():
+        assert read_config(str(tmp_path)) == {"num_hidden_layers": 4}
+        assert read_config(str(tmp_path)) == {"num_hidden_layers": 4}
+        assert read_config(str(tmp_path / "absent")) is None
+        assert read_config(str(tmp_path / "absent")) is None
+    assert len(reads) == 2
+    (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 8}))
+    with one_read_each():
+        assert read_config(str(tmp_path)) == {"num_hidden_layers": 8}
+    assert read_config(str(tmp_path)) == {"num_hidden_layers": 8}  # outside: every call
+    assert len(reads) == 4
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "{not json", ""])
+def test_anything_but_a_json_object_is_no_config(tmp_path: Path, text: str) -> None:
+    (tmp_path / "config.json").write_text(text)
+    assert read_config(str(tmp_path)) is None
