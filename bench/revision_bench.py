@@ -14,8 +14,9 @@ Run: .venv/bin/python bench/revision_bench.py [--repeat 5] [--pushes 5] [--skip-
    (signed webhook; "planned" = /status shows a finished tick at the pushed revision).
    All of it runs in a network namespace of its own where the 999 other nodes' addresses
    (198.19.0.0/16) are local and one stand-in answers /status for each of them (a whole
-   NodeStatus document naming that node), so each tick asks 999 live peers as the daemon
-   does in a real cluster.
+   NodeStatus document naming that node), so any peer the daemon asks answers as in a real
+   cluster. It asks only those its plan reads (reconciler/core/peer_choice.py): n0 holds
+   single-node replicas of one-replica deployments here, so none.
 4. `reconciler status --cluster` over 200 stand-in peers on loopback, 10 of them stalled.
 Prints Markdown tables; medians from one run.
 """
