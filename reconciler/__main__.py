@@ -1,3 +1,5 @@
+"""`python -m reconciler`: the same command line as the `reconciler` script."""
+
 import sys
 
 from reconciler.cli.main import main

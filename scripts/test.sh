@@ -18,7 +18,7 @@ scripts/install-chromium.sh  # the console's browser tests (headless Chromium)
 export RECONCILER_ENGINE_PYTHON="${RECONCILER_ENGINE_PYTHON:-$PWD/.venv-engine/bin/python}"
 
 echo "[test] ruff" >&2
-.venv/bin/ruff check reconciler schemas testrigs tests bench
+.venv/bin/ruff check reconciler schemas testrigs tests bench scripts
 echo "[test] layer contract (import-linter)" >&2
 .venv/bin/lint-imports --no-cache
 echo "[test] mypy --strict" >&2

@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 from reconciler.demo.tinymodel import make_tiny_model
 from testrigs.netns import NetnsHarness
+
+REPO = Path(__file__).resolve().parents[1]
 
 PROBE = r"""
 import sys, urllib.request

@@ -1,0 +1,1 @@
+"""The desired state: YAML with positions, one validation (cross-checks, fit), source sync."""

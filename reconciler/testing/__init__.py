@@ -1,0 +1,1 @@
+"""Stateful fakes of every port, for integration tests and users' own tests."""
