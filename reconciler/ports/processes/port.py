@@ -302,10 +302,11 @@ class LocalProcessPort(MemberThreads):
             atomic_write(self._state_path(record.member), record.encode())
 
     def _update_record(self, tracked: Tracked, **changes: Any) -> None:
-        """Rewrite the state file with `changes`, unless it was dropped meanwhile."""
+        """Rewrite the state file with `changes`, unless it was dropped meanwhile or this
+        port is closed (a new port may own the state dir by then: a restarted daemon)."""
         with self._lock:
             tracked.record = replace(tracked.record, **changes)
-            if self._tracked.get(tracked.record.member) is not tracked:
+            if self._closed or self._tracked.get(tracked.record.member) is not tracked:
                 return
             path = self._state_path(tracked.record.member)
             try:
