@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from reconciler.core.printable import escape_controls
 from reconciler.core.topology import candidate_nodes, node_stats, replica_shape
@@ -72,6 +73,15 @@ def _weight_bytes_on_disk(path: Path) -> float | None:
     return float(sum(f.stat().st_size for f in files)) if files else None
 
 
+def _stored_dtype(text: dict[str, Any], config: dict[str, Any]) -> str:
+    """transformers 4.56+ writes `dtype` where older versions wrote `torch_dtype`."""
+    for where in (text, config):
+        for key in ("dtype", "torch_dtype"):
+            if isinstance(where.get(key), str):
+                return str(where[key])
+    return ""
+
+
 def model_facts(dep: ModelDeployment) -> ModelFacts:
     src = dep.spec.model
     declared = src.architecture
@@ -89,7 +99,7 @@ def model_facts(dep: ModelDeployment) -> ModelFacts:
             kv_elems = 2 * kv_heads * int(head_dim)
         else:
             kv_elems = None
-        stored = TORCH_DTYPES.get(str(text.get("torch_dtype", config.get("torch_dtype"))), "")
+        stored = TORCH_DTYPES.get(_stored_dtype(text, config), "")
         quant = config.get("quantization_config")
         if isinstance(quant, dict) and "fp8" in str(quant.get("quant_method", "")):
             stored = "fp8"

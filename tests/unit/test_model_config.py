@@ -44,3 +44,22 @@ def test_once_per_check_and_afresh_for_the_next(tmp_path: Path,
 def test_anything_but_a_json_object_is_no_config(tmp_path: Path, text: str) -> None:
     (tmp_path / "config.json").write_text(text)
     assert read_config(str(tmp_path)) is None
+
+
+@pytest.mark.parametrize(
+    ("config", "stored"),
+    [
+        pytest.param({"torch_dtype": "float16"}, "float16", id="transformers-before-4.56"),
+        pytest.param({"dtype": "float32"}, "float32", id="transformers-4.56-and-later"),
+        pytest.param({"text_config": {"dtype": "float16"}}, "float16", id="nested-text-config"),
+        pytest.param({}, "bfloat16", id="unstated-means-bf16"),
+    ],
+)
+def test_the_stored_dtype_under_either_key(tmp_path: Path, config: dict[str, object],
+                                           stored: str) -> None:
+    from reconciler.desired.fit import model_facts
+    from testrigs.builders import deployment
+
+    (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 2, **config}))
+    dep = deployment("m", model={"path": str(tmp_path), "servedName": "m"})
+    assert model_facts(dep).dtype == stored
