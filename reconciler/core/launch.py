@@ -301,11 +301,19 @@ def ray_launch(
         )
     )
     _set_derived(env, member, spec_hash)
+    # `ray start --head` refuses to start when the last cluster address recorded in its temp
+    # dir (the same dir after a restart at the same spec hash) still shows up in the
+    # command line of any process on the host ("Ray is trying to start at ..., but is
+    # already running"): the followers' old raylets and workers still name it while they
+    # give up, which on hosts that share one process table (test hosts, the GPU check)
+    # cost a restart 12 s or failed it. A port really still held fails the bind instead.
+    stale = (f"{ray_temp_dir(ctx.state_dir, member, spec_hash)}/ray_current_cluster",)
     return LaunchSpec(
         member=member,
         spec_hash=spec_hash,
         argv=tuple(argv),
         env=env,
+        stale_files=stale if is_head else (),
         port=ports.gcs if is_head else ports.node_manager,
         gpus=gpus,
         startup_timeout_s=min(600.0, startup_timeout(cluster, dep)),

@@ -241,6 +241,9 @@ class LaunchSpec:
     host: str | None = None  # the address it binds (--host, --node-ip-address); None: all
     probe_timeout_s: float = 2.0
     probe_period_s: float = 5.0  # between health probes once ready (1 s while starting)
+    # Files a previous run of the same member left that the new one must not read; the
+    # port removes them before it starts the process.
+    stale_files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,8 @@ class LocalProcessPort(MemberThreads):
             raise EngineStartFailed(f"{member}: {taken}")
 
         env = child_env(launch, self.base_env, self._state_marker)
+        for stale in launch.stale_files:
+            Path(stale).unlink(missing_ok=True)
         popen = spawn(launch, env, self.log_path(member), self.state_dir)
 
         crash_point("engine-started")  # test-only: a daemon killed before the state file
