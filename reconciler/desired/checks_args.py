@@ -50,7 +50,9 @@ def check_extra_args(doc: Document, dep: ModelDeployment) -> list[Problem]:
     args = dep.spec.engine.extra_args
     for i, arg in enumerate(args):
         where = ("spec", "engine", "extraArgs", i)
-        if arg.startswith("-") and any(ch.isspace() for ch in arg):
+        # `--flag value` packed into one item; after an `=` the value may hold spaces
+        # (JSON overrides such as --hf-overrides={"a": 1} are one argument on purpose).
+        if arg.startswith("-") and any(ch.isspace() for ch in arg.split("=", 1)[0]):
             try:
                 words = shlex.split(arg)
             except ValueError:

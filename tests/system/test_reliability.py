@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -325,7 +326,13 @@ def test_big_repositories(make_rig: Callable[..., Rig], findings: Findings) -> N
     100 MB blob are refused with a clear reason (Stalled) while the last good revision
     stays; the daemon's peak memory stays bounded."""
     findings.scenario = "repo with 5,000 files / 100 MB blob"
-    rig = make_rig()
+
+    def file_limit(config: dict[str, Any]) -> None:
+        # The default limit is 10,000 YAML files (issue 16); an operator's lower one must
+        # refuse a revision over it with a message that names the limit.
+        config["source"]["maxFiles"] = 2000
+
+    rig = make_rig(config_changes=file_limit)
     rev = rig.push_chat()
     d = rig.start()
     rig.wait_ready(rev)

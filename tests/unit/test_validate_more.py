@@ -249,6 +249,21 @@ def test_more_broken_repos(
     assert all(ch.isprintable() for ch in err.replace("\n", ""))
 
 
+@pytest.mark.parametrize(
+    "arg",
+    [
+        pytest.param("--hf-overrides={\"rope_scaling\": {\"factor\": 2}}", id="json-value"),
+        pytest.param("--note=; touch /tmp/x", id="shell-text-as-a-value"),
+    ],
+)
+def test_a_value_after_equals_may_hold_spaces(
+    arg: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only `--flag value` packed before any `=` is refused: after `=` it is one value."""
+    root = write_case(tmp_path / "repo", chat_plus(f"  engine:\n    extraArgs: [{arg!r}]\n"))
+    assert main(["validate", str(root)]) == 0, capsys.readouterr().err
+
+
 def test_fit_override_is_accepted_and_shown(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
