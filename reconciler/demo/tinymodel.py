@@ -16,7 +16,7 @@ asks for another type.
 
 Usage::
 
-    python reconciler/tinymodel.py --out /tmp/tiny-llama [--seed 0] [--shards 1]
+    python -m reconciler.demo.tinymodel --out /tmp/tiny-llama [--seed 0] [--shards 1]
 """
 
 from __future__ import annotations
