@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -73,7 +74,11 @@ def start_vllm(tmp: Path) -> tuple[subprocess.Popen[bytes], int, str]:
 def ttft_table(tmp: Path, engine: str, n: int) -> None:
     if engine == "vllm":
         proc, port, model = start_vllm(tmp)
-        stop = proc.kill
+
+        def stop() -> None:
+            # the whole session: vLLM's EngineCore and workers outlive a killed API server
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
     else:
         e = start_engine("tiny", extra=["--ttft", "0.02", "--tokens", "8"])
         port, model, stop = e.port, "tiny", e.stop

@@ -159,9 +159,32 @@ def audit(state_dir: Path, expected: Iterable[str]) -> Audit:
     return Audit(leaders, owned, tuple(orphans), duplicates, lost)
 
 
+def unmarked_engine_processes(state_dir: Path) -> list[int]:
+    """Live processes working in this test's state dir: the engines' children that carry no
+    markers (vLLM spawns EngineCore and its workers with an environment of its own) but
+    inherit the engine's working directory, which the process port sets to the state dir.
+    Left alone they outlive a test that killed only the marked API server, ~2 GB each."""
+    mine = str(state_dir.resolve())
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{name}/cwd")
+        except OSError:
+            continue
+        st = _stat(int(name))
+        if st is None or st[0] in ("Z", "X"):
+            continue
+        if cwd == mine or cwd == mine + " (deleted)":
+            found.append(int(name))
+    return found
+
+
 def kill_marked(state_dir: Path) -> None:
-    """Teardown: SIGKILL every engine process of this test's state dir (ours, by pid)."""
-    for pid in marked_processes(state_dir):
+    """Teardown: SIGKILL every engine process of this test's state dir (ours, by pid): the
+    marked members and the unmarked children working in that dir."""
+    for pid in [*marked_processes(state_dir), *unmarked_engine_processes(state_dir)]:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGCONT)
             os.kill(pid, signal.SIGKILL)
