@@ -59,7 +59,9 @@ def gc() -> Iterator[GatewayCluster]:
     try:
         assert cluster.model is not None
         cluster.push({"cluster.yaml": cluster_yaml(cluster.nodes),
-                      "tiny.yaml": tiny_yaml(cluster.model)}, "tiny x2 on h1 and h2")
+                      # room for streams long enough to stay in flight on a quiet machine
+                      "tiny.yaml": tiny_yaml(cluster.model, max_model_len=2048)},
+                     "tiny x2 on h1 and h2")
         cluster.start_daemons()
         cluster.start_gateways()
         wait_for("both replicas Ready", READY_S + 60,
@@ -123,7 +125,10 @@ def _stream(h: NetnsHost, user: str, out: dict[str, Any]) -> None:
     def call() -> None:
         conn = http.client.HTTPConnection(h.ip, 9480, timeout=120)
         try:
-            body = {**chat_body(user=user, max_tokens=400, stream=True), "ignore_eos": True}
+            # ~2,000 tokens: the tiny model makes 400 in well under a second on a quiet
+            # machine, so a stream could end before the next started and least-outstanding
+            # balancing (which the test relies on for 2 + 2) would see fewer in flight
+            body = {**chat_body(user=user, max_tokens=2000, stream=True), "ignore_eos": True}
             conn.request("POST", "/v1/chat/completions", json.dumps(body),
                          {"Content-Type": "application/json"})
             resp = conn.getresponse()
