@@ -181,6 +181,29 @@ def unmarked_engine_processes(state_dir: Path) -> list[int]:
     return found
 
 
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 30) -> None:
+    """Teardown: SIGTERM, then SIGKILL after `grace_s` (a daemon, a gateway, Prometheus)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def clear_engines(state_dir: Path, timeout_s: float = 20) -> None:
+    """Teardown after the daemon is gone: kill this state dir's engines (and the children
+    they leave unmarked) until no state file names one, or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    kill_marked(state_dir)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        kill_marked(state_dir)
+        if not any(state_dir.joinpath("engines").glob("*.json")):
+            break
+
+
 def kill_marked(state_dir: Path) -> None:
     """Teardown: SIGKILL every engine process of this test's state dir (ours, by pid): the
     marked members and the unmarked children working in that dir."""

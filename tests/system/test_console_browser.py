@@ -39,7 +39,7 @@ import pytest
 
 from reconciler.demo.tinymodel import make_tiny_model
 from testrigs.browser import Browser, browser, unavailable_reason
-from testrigs.daemon_rig import kill_marked, wait_until
+from testrigs.daemon_rig import clear_engines, stop_process, wait_until
 from testrigs.gateway_rig import Gateway, http_json, start_gateway
 from testrigs.gitserver import HttpGitServer, Operator, free_port, isolated_git_env
 from tests.system.test_prometheus import port_block
@@ -195,20 +195,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         yield r
     finally:
         gateway.stop()
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait(10)
-        deadline = time.monotonic() + 20
-        kill_marked(state)
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            kill_marked(state)
-            if not any(state.joinpath("engines").glob("*.json")):
-                break
+        stop_process(daemon)
+        clear_engines(state)
         server.stop()
 
 

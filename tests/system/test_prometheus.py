@@ -38,7 +38,7 @@ import pytest
 import yaml
 
 from reconciler.demo.tinymodel import make_tiny_model
-from testrigs.daemon_rig import kill_marked, wait_until
+from testrigs.daemon_rig import clear_engines, stop_process, wait_until
 from testrigs.gitserver import HttpGitServer, Operator, free_port, isolated_git_env
 
 pytestmark = [pytest.mark.system, pytest.mark.vllm]
@@ -270,20 +270,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         yield r
     finally:
         for proc in (prom, daemon):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-        deadline = time.monotonic() + 20
-        kill_marked(state)
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            kill_marked(state)
-            if not any(state.joinpath("engines").glob("*.json")):
-                break
+            stop_process(proc)
+        clear_engines(state)
         server.stop()
 
 

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ import pytest
 
 from reconciler.demo.prepare_model import MODEL_ROOT, PrepareError, prepare
 from reconciler.ports.openai_client import chat
-from testrigs.daemon_rig import kill_marked, wait_until
+from testrigs.daemon_rig import clear_engines, stop_process, wait_until
 from testrigs.gitserver import HttpGitServer, Operator, free_port, isolated_git_env
 
 pytestmark = [pytest.mark.system, pytest.mark.vllm]
@@ -133,19 +131,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     try:
         yield Rig(status_port, engine_port, daemon, out)
     finally:
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait(10)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            kill_marked(state)
-            if not any(state.joinpath("engines").glob("*.json")):
-                break
-            time.sleep(0.5)
+        stop_process(daemon)
+        clear_engines(state)
         server.stop()
 
 
