@@ -213,9 +213,10 @@ def cluster_yaml(env: Env, nodes: list[tuple[str, str, int]], *, network: str = 
     if network:
         lines.append(f"  network: {{ncclSocketIfname: {network}, glooSocketIfname: {network}}}")
     lines += ["  ports:", "    engine: {start: 8000, end: 8099}",
-              # Ray starts one idle worker per CPU, each on its own worker port (block - 10):
-              # with 40 a block, a 32-core host ran out and vLLM's driver hung registering
-              "    ray: {start: 21000, end: 21399}", "    rayBlockSize: 200",
+              # blocks of 40 (30 worker ports): on 2026-11-29 a 32-core host ran out with
+              # them and vLLM's driver hung registering (Ray starts an idle worker per
+              # declared CPU); since Ray nodes declare --num-cpus GPUs + 1, 40 must do
+              "    ray: {start: 21000, end: 21399}", "    rayBlockSize: 40",
               "  engineDefaults:", "    startupTimeoutSeconds: 400"]
     if engine_env:
         lines.append("    env:")
