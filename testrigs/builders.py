@@ -76,22 +76,24 @@ def gpus(count: int, pids: dict[int, tuple[int, ...]] | None = None,
 def proc(deployment_name: str, index: int = 0, role: str = "engine", *, spec_hash: str,
          health: str = "ready", running: bool = True, gpus: tuple[int, ...] = (0,),
          port: int = 8000, started_at: float = 0.0, pid: int = 1000,
-         exit_code: int | None = None, unhealthy_since: float | None = None) -> ProcessObservation:
+         exit_code: int | None = None, unhealthy_since: float | None = None,
+         drain_s: float | None = None, leader: str = "") -> ProcessObservation:
     return ProcessObservation(
         member=MemberKey(ReplicaKey(deployment_name, index), role),  # type: ignore[arg-type]
         spec_hash=spec_hash, pid=pid, running=running, started_at=started_at, port=port,
         gpus=gpus, health=health, exit_code=exit_code,  # type: ignore[arg-type]
-        unhealthy_since=unhealthy_since,
+        unhealthy_since=unhealthy_since, drain_s=drain_s, leader=leader,
     )
 
 
 def observed(node_name: str, gpu_inv: GpuInventory, *procs: ProcessObservation,
              foreign: frozenset[int] = frozenset(),
              peers: dict[ReplicaKey, PeerReplica] | None = None,
-             ray: dict[ReplicaKey, RayView] | None = None) -> ObservedState:
+             ray: dict[ReplicaKey, RayView] | None = None,
+             answered: frozenset[str] = frozenset()) -> ObservedState:
     return ObservedState(
         node=node_name, gpus=gpu_inv, processes={p.member: p for p in procs},
-        foreign_pids=foreign, peers=peers or {}, ray=ray or {},
+        foreign_pids=foreign, peers=peers or {}, ray=ray or {}, peers_answered=answered,
     )
 
 

@@ -131,7 +131,9 @@ def cluster_yaml_of(nodes_at: list[tuple[str, str]], gpus: int) -> str:
 
 
 def deployment_yaml(name: str, *, nodes: list[str], pipeline: int, port: int,
-                    max_model_len: int = 1024) -> str:
+                    max_model_len: int = 1024, drain_s: int | None = None) -> str:
+    """`drain_s`: rollout.drainTimeoutSeconds (none when None)."""
+    rollout = f"  rollout: {{drainTimeoutSeconds: {drain_s}}}\n" if drain_s is not None else ""
     return (
         "apiVersion: reconciler.dev/v1alpha1\n"
         "kind: ModelDeployment\n"
@@ -143,6 +145,7 @@ def deployment_yaml(name: str, *, nodes: list[str], pipeline: int, port: int,
         f"  engine: {{maxModelLen: {max_model_len}}}\n"
         f"  port: {port}\n"
         "  probes: {startupTimeoutSeconds: 180, periodSeconds: 1, timeoutSeconds: 2}\n"
+        + rollout
     )
 
 

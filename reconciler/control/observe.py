@@ -39,13 +39,15 @@ def observe(
     foreign = frozenset(pid for g in gpu_inv.gpus for pid in g.process_pids if pid not in ours)
     ray_views: dict[ReplicaKey, RayView] = {}
     peer_view: Mapping[ReplicaKey, PeerReplica] = {}
+    answered: frozenset[str] = frozenset()
     if desired is not None and placement is not None:
         if peers is not None:
             # only the leaders whose answers this node's plan reads, from this tick's
             # placement: not every node of the Cluster (N nodes asking N would be N^2)
-            ask = peers_to_ask(desired, placement, node)
+            ask = peers_to_ask(desired, placement, node, procs.values())
             if ask:
-                peer_view = peers.replicas(ask)
+                answers = peers.replicas(ask)
+                peer_view, answered = answers, answers.answered
         for p in placement.on_node(node):
             if ray is None or not p.multi_node or p.ray_block is None:
                 continue
@@ -75,4 +77,5 @@ def observe(
         foreign_pids=foreign,
         peers=peer_view,
         ray=ray_views,
+        peers_answered=answered,
     )

@@ -61,7 +61,7 @@ def share_fate(
             continue
         key = member.replica
         if w.mp_multi:
-            if live(member):
+            if live(member) and member not in work.still_draining:
                 _mp_follower_fate(work, w, observed, node)
             continue
         if member.role == "ray-head" and live(member):
@@ -100,7 +100,9 @@ def share_fate(
                 )
                 work.stop(member, reason, True)
                 work.stop(head, reason)
-        elif member.role == "ray-worker" and live(member):
+        elif (member.role == "ray-worker" and live(member)
+              and member not in work.still_draining):
+            # (a worker kept while its leader's engine drains leaves by core/drain.py)
             peer = observed.peers.get(key)
             if peer is None:
                 continue  # leader unreachable: cannot know; Ray itself notices a dead head

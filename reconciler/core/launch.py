@@ -109,6 +109,29 @@ def ray_temp_dir(state_dir: str, member: MemberKey, spec_hash: str) -> str:
     return f"{state_dir}/ray/{digest}"
 
 
+def _drain_s(dep: ModelDeployment) -> float | None:
+    t = dep.spec.rollout.drain_timeout_seconds
+    return None if t is None else float(t)
+
+
+def drain_from_argv(argv: tuple[str, ...] | list[str]) -> float | None:
+    """The drain an engine was started with: vLLM's `--shutdown-timeout N` (the last one
+    wins, as in argparse), for state files and processes that carry no drain marker."""
+    found: float | None = None
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--shutdown-timeout" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--shutdown-timeout="):
+            value = arg.partition("=")[2]
+        if value is not None:
+            try:
+                found = float(value)
+            except ValueError:
+                continue
+    return found
+
+
 def mp_multi_node(dep: ModelDeployment, placement: ReplicaPlacement) -> bool:
     """A replica run by vLLM's own multi-node mode: one engine process per node, no Ray."""
     return placement.multi_node and dep.spec.executor == "mp"
@@ -229,6 +252,8 @@ def engine_launch(
         host=None if headless else node.address,
         probe_timeout_s=spec.probes.timeout_seconds,
         probe_period_s=spec.probes.period_seconds,
+        drain_s=_drain_s(dep),
+        leader=placement.leader if placement.multi_node else "",
     )
 
 
@@ -318,4 +343,6 @@ def ray_launch(
         gpus=gpus,
         startup_timeout_s=min(600.0, startup_timeout(cluster, dep)),
         host=node.address,
+        drain_s=_drain_s(dep),
+        leader=placement.leader,
     )

@@ -71,17 +71,14 @@ class PlanWork:
             self.failed_now.add(member.replica)
 
     def retire(self, member: MemberKey, reason: str, proc: ProcessObservation,
-               drain_s: float | None, multi_node: bool) -> bool:
-        """Stop a member on purpose (spec change, scale-in, delete, suspend, move). A
-        serving engine of a deployment with a drain timeout is announced first (its
-        replica shows Draining, so gateways stop sending it requests) and gets SIGTERM
-        DRAIN_ANNOUNCE_S later, with the drain timeout added to its stop grace. True when
-        the stop is planned now, False while the drain is being announced.
-
-        Multi-node replicas stop at once, as before: their Ray head or follower ranks
-        would go down beside a draining engine anyway."""
-        if (drain_s is None or member.role not in ("engine", "surge") or multi_node
-                or proc.health != "ready"):
+               drain_s: float | None) -> bool:
+        """Stop a serving engine on purpose (spec change, scale-in, delete, suspend,
+        move). With a drain timeout it is announced first (its replica shows Draining, so
+        gateways stop sending it requests) and gets SIGTERM DRAIN_ANNOUNCE_S later, with
+        the drain timeout added to its stop grace. True when the stop is planned now,
+        False while the drain is being announced. core/drain.py decides which members
+        come here and what the Ray head and followers of a multi-node replica do."""
+        if drain_s is None or member.role not in ("engine", "surge") or proc.health != "ready":
             self.stop(member, reason)
             return True
         since = self.draining.get(member)

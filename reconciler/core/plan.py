@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
-from reconciler.core import fate_sharing, lifecycle, restarts, rollout, surge
+from reconciler.core import drain, fate_sharing, lifecycle, restarts, rollout, surge
 from reconciler.core.gpu_assignment import assign_node_gpus, usable_gpus
 from reconciler.core.launch import (
     NodeContext,
@@ -95,16 +95,22 @@ def plan(
             continue
         w = wanted.get(member)
         if w is None:
-            # deleted, suspended, scaled in or moved: a deleted deployment's drain setting
-            # is gone with it, so its engines stop at once (and vanish from status)
+            # deleted, suspended, scaled in or moved: drained as it was launched to drain
+            # (a deleted deployment's members still know: core/drain.py)
             dep = desired.deployments.get(member.replica.deployment)
+            spec_drain = dep.spec.rollout.drain_timeout_seconds if dep is not None else None
             where = placement.replicas.get(member.replica)
             why = (f"{member.replica}: its own engine serves the new spec; surge no longer "
                    "needed") if member.role == "surge" else why_unwanted(
                        member, desired, placement, node.name)
-            work.retire(member, why, proc,
-                        dep.spec.rollout.drain_timeout_seconds if dep is not None else None,
-                        where is not None and where.multi_node)
+            waiting = drain.retire(
+                work, member, why, proc, None if spec_drain is None else float(spec_drain),
+                observed, node.name, where.leader if where is not None and where.multi_node
+                else "")
+            if (waiting is not None and member.role != "surge"
+                    and member.replica not in work.statuses):
+                work.statuses[member.replica] = drain.unwanted_status(
+                    member, proc, f"{why}; {waiting}", node.name)
         elif proc.spec_hash != w.spec_hash and surge.holds_old(member, surges, observed):
             work.statuses[member.replica] = status(
                 w, "Ready", "surge: the new engine starts beside this one", node.name, proc,

@@ -7,6 +7,7 @@ and starts new ones only once they are all gone.
 
 from __future__ import annotations
 
+from reconciler.core import drain
 from reconciler.core.members import PlanWork, Wanted, status
 from reconciler.core.vocabulary import (
     MemberKey,
@@ -30,10 +31,14 @@ def replace_old(
     ok, why = _allows_replace(proc, w, observed, placement, node)
     if ok:
         reason = f"{w.member.replica}: spec changed (hash {proc.spec_hash} -> {w.spec_hash}); {why}"
-        if not work.retire(w.member, reason, proc, w.dep.spec.rollout.drain_timeout_seconds,
-                           w.placement.multi_node):
+        spec_drain = w.dep.spec.rollout.drain_timeout_seconds
+        waiting = drain.retire(work, w.member, reason, proc,
+                               None if spec_drain is None else float(spec_drain), observed,
+                               node, w.placement.leader if w.placement.multi_node else "")
+        if waiting is not None and (w.member.replica not in work.statuses
+                                    or w.member.role == "engine"):
             work.statuses[w.member.replica] = status(
-                w, "Draining", "draining before it is replaced", node, proc, old=True)
+                w, "Draining", f"{waiting}, before it is replaced", node, proc, old=True)
     else:
         work.statuses[w.member.replica] = status(w, "Ready", why, node, proc, old=True)
 

@@ -155,6 +155,10 @@ class ProcessObservation:
     exit_code: int | None = None
     unhealthy_since: float | None = None
     detail: str = ""  # e.g. "port 8000 taken by pid 123 (nginx)"
+    # what it was launched with (LaunchSpec.drain_s, .leader), read back from its state file
+    # or its env markers: a deleted deployment's members still know how to drain
+    drain_s: float | None = None
+    leader: str = ""
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,9 @@ class ObservedState:
     peers: Mapping[ReplicaKey, PeerReplica] = field(default_factory=dict)
     ray: Mapping[ReplicaKey, RayView] = field(default_factory=dict)
     busy_ports: Mapping[int, str] = field(default_factory=dict)  # port -> who holds it
+    # the peers that answered this tick (a leader that answered without a replica runs
+    # nothing of it; one that did not answer cannot be known)
+    peers_answered: frozenset[str] = frozenset()
 
 
 # --- inventory (persisted by apply; read by plan) -----------------------------------------
@@ -244,6 +251,11 @@ class LaunchSpec:
     # Files a previous run of the same member left that the new one must not read; the
     # port removes them before it starts the process.
     stale_files: tuple[str, ...] = ()
+    # rollout.drainTimeoutSeconds of its deployment (None: stop at once), on every member:
+    # a serving engine drains this long after SIGTERM; a Ray node or headless rank waits
+    # for its leader's engine at most that long (plus the announce and a margin)
+    drain_s: float | None = None
+    leader: str = ""  # the replica's leader node when it spans nodes, else ""
 
 
 @dataclass(frozen=True)

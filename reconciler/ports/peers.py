@@ -9,7 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,18 +18,38 @@ from reconciler.ports.peer_fanout import ask_all
 from schemas.status import Member, NodeStatus, Replica
 
 
+class PeerAnswers(Mapping[ReplicaKey, PeerReplica]):
+    """What the asked peers lead, by replica, and which peers answered at all: a replica
+    absent from a peer that answered is one that peer runs nothing of (a follower's
+    leader that finished its drain); from one that did not answer, unknown."""
+
+    def __init__(self, replicas: Mapping[ReplicaKey, PeerReplica] | None = None,
+                 answered: Collection[str] = ()) -> None:
+        self._replicas = dict(replicas or {})
+        self.answered = frozenset(answered)
+
+    def __getitem__(self, key: ReplicaKey) -> PeerReplica:
+        return self._replicas[key]
+
+    def __iter__(self) -> Iterator[ReplicaKey]:
+        return iter(self._replicas)
+
+    def __len__(self) -> int:
+        return len(self._replicas)
+
+
 class PeerPort(Protocol):
-    def replicas(self, nodes: Collection[str]) -> Mapping[ReplicaKey, PeerReplica]:
+    def replicas(self, nodes: Collection[str]) -> PeerAnswers:
         """What the named nodes lead (reconciler.core.peer_choice says whom to ask).
-        Best effort: unreachable peers are simply absent."""
+        Best effort: unreachable peers are simply absent (and not in `answered`)."""
         ...
 
 
 class NoPeers:
     """A one-node cluster has nobody to ask."""
 
-    def replicas(self, nodes: Collection[str]) -> Mapping[ReplicaKey, PeerReplica]:
-        return {}
+    def replicas(self, nodes: Collection[str]) -> PeerAnswers:
+        return PeerAnswers()
 
 
 # =============================================================================================
@@ -125,19 +145,20 @@ class HttpPeers:
         self._timeout = timeout_s
         self._fetch = fetch
 
-    def _read(self, name: str, doc: dict[str, Any]) -> dict[ReplicaKey, PeerReplica]:
+    def _read(self, name: str, doc: dict[str, Any]) -> dict[ReplicaKey, PeerReplica] | None:
         try:
             # a document this version cannot read (a ValidationError is a ValueError)
             # counts as an unreachable peer; unknown extra fields are fine (schemas.status)
             return peer_replicas(NodeStatus.model_validate(doc))
         except (OSError, ValueError, http.client.HTTPException) as exc:
             _log.debug("peer unreachable", extra={"peer": name, "error": str(exc)})
-            return {}
+            return None
 
-    def replicas(self, nodes: Collection[str]) -> Mapping[ReplicaKey, PeerReplica]:
+    def replicas(self, nodes: Collection[str]) -> PeerAnswers:
         merged: dict[ReplicaKey, PeerReplica] = {}
+        answered: set[str] = set()
         if not nodes:
-            return merged
+            return PeerAnswers()
         wanted = set(nodes)
         asked = [a for a in self._peers() if a.name in wanted]
         # each peer within the timeout, none waited on past it (a tick never stalls on a
@@ -147,5 +168,8 @@ class HttpPeers:
                 _log.debug("peer unreachable",
                            extra={"peer": answer.peer.name, "error": answer.error})
                 continue
-            merged.update(self._read(answer.peer.name, answer.status))
-        return merged
+            read = self._read(answer.peer.name, answer.status)
+            if read is not None:
+                merged.update(read)
+                answered.add(answer.peer.name)
+        return PeerAnswers(merged, answered)

@@ -8,9 +8,10 @@ tests/contract/test_peers_contract.py. Like the real port, only the nodes asked 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 
 from reconciler.core.vocabulary import PeerReplica, ReplicaKey
+from reconciler.ports.peers import PeerAnswers
 
 
 class FakePeers:
@@ -18,13 +19,17 @@ class FakePeers:
         self.reports: dict[str, dict[ReplicaKey, PeerReplica]] = {}  # by leading node
         self.asked: list[tuple[str, ...]] = []
 
-    def replicas(self, nodes: Collection[str]) -> Mapping[ReplicaKey, PeerReplica]:
+    def replicas(self, nodes: Collection[str]) -> PeerAnswers:
         names = tuple(sorted(nodes))
         self.asked.append(names)
         out: dict[ReplicaKey, PeerReplica] = {}
         for name in names:
             out.update(self.reports.get(name, {}))
-        return out
+        return PeerAnswers(out, [n for n in names if n in self.reports])
+
+    def leads_nothing(self, by: str) -> None:
+        """Node `by` answers, leading nothing (every replica it led is gone)."""
+        self.reports[by] = {}
 
     def lead(
         self, key: ReplicaKey, spec_hash: str, *, ready: bool, by: str, ray_head: bool = False
@@ -40,5 +45,6 @@ class FakePeers:
         )
 
     def unreachable(self) -> None:
-        """Every peer stops answering: what they led is simply absent."""
+        """Every peer stops answering: what they led is simply absent, and none of them is
+        in `answered`."""
         self.reports.clear()

@@ -7,7 +7,8 @@ then unknown, as for real adopted processes) and stops them like its own.
 Test helpers: :meth:`FakeProcessPort.set_health`, :meth:`~FakeProcessPort.crash`,
 :meth:`~FakeProcessPort.hang`, :meth:`~FakeProcessPort.take_port`,
 :meth:`~FakeProcessPort.fail_stops`, :meth:`~FakeProcessPort.ignore_sigterm`, and the
-counters ``starts`` / ``stops`` (per member) with ``start_count()`` / ``stop_count()``.
+counters ``starts`` / ``stops`` (per member) with ``start_count()`` / ``stop_count()``, and
+``stop_log`` (when each stop was asked for, with what grace).
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class FakeProcessPort:
         self.forgotten: list[MemberKey] = []
         self.envs: dict[MemberKey, dict[str, str]] = {}  # the env each start would get
         self.sigkills: Counter[MemberKey] = Counter()
+        # (clock time, member, grace) of every stop asked for, in order
+        self.stop_log: list[tuple[float, MemberKey, float]] = []
         self._failing_stops: Counter[MemberKey] = Counter()
         self._start_errors: dict[MemberKey, EngineStartError] = {}
 
@@ -114,6 +117,7 @@ class FakeProcessPort:
     def stop(self, member: MemberKey, grace_s: float) -> bool:
         with self.host.lock:
             self.stops[member] += 1
+            self.stop_log.append((self.clock.now(), member, grace_s))
             if self._failing_stops[member] > 0:
                 self._failing_stops[member] -= 1
                 return False
@@ -240,4 +244,6 @@ class FakeProcessPort:
             exit_code=p.exit_code if (not p.running and ours) else None,
             unhealthy_since=p.unhealthy_since if p.health == "unhealthy" else None,
             detail=p.detail,
+            drain_s=p.launch.drain_s,
+            leader=p.launch.leader,
         )

@@ -1,6 +1,7 @@
 """The peers port's contract: HttpPeers asking a loopback stand-in for another daemon's
 /status, and FakePeers told the same facts with `lead()`, report the same replicas; a
-peer that stops answering, or is not asked, is simply absent from both.
+peer that stops answering, or is not asked, is simply absent from both; `answered` names
+only the peers that answered.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class RealWorld:
 class FakeWorld:
     def __init__(self) -> None:
         self.fake = FakePeers()
+        self.fake.leads_nothing(PEER)  # up, like the real world's stand-in daemon
         self.port: PeerPort = self.fake
 
     def lead(self, key: ReplicaKey, spec_hash: str, *, ready: bool,
@@ -112,7 +114,11 @@ def world(request: pytest.FixtureRequest) -> Iterator[World]:
 
 
 def test_a_peer_with_nothing_reports_nothing(world: World) -> None:
-    assert dict(world.port.replicas([PEER])) == {}
+    answers = world.port.replicas([PEER])
+    assert dict(answers) == {}
+    # ...but it answered: a leader that runs nothing of a replica any more, not an
+    # unknown one (a draining follower leaves at once: core/drain.py)
+    assert answers.answered == {PEER}
 
 
 def test_what_a_peer_leads_is_reported_as_it_runs(world: World) -> None:
@@ -129,11 +135,14 @@ def test_an_unreachable_peer_is_simply_absent(world: World) -> None:
     world.lead(SINGLE, "aaaa", ready=True)
     assert SINGLE in world.port.replicas([PEER])
     world.unreachable()
-    assert dict(world.port.replicas([PEER])) == {}
+    answers = world.port.replicas([PEER])
+    assert dict(answers) == {} and answers.answered == frozenset()
 
 
 def test_only_the_nodes_asked_answer(world: World) -> None:
     world.lead(SINGLE, "aaaa", ready=True)
     assert dict(world.port.replicas([])) == {}
     assert dict(world.port.replicas(["n3"])) == {}
+    assert world.port.replicas(["n3"]).answered == frozenset()
     assert SINGLE in world.port.replicas(["n3", PEER])
+    assert world.port.replicas(["n3", PEER]).answered == {PEER}

@@ -17,7 +17,7 @@ only the peers reconciler.core.peer_choice names, and reads only what those answ
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from reconciler.daemon.snapshot import Snapshot
 from reconciler.daemon.status import build_status
 from reconciler.desired.source_sync import SourceSync
 from reconciler.ports.inventory import InventoryStore
-from reconciler.ports.peers import peer_replicas
+from reconciler.ports.peers import PeerAnswers, peer_replicas
 from reconciler.testing.clock import FakeClock
 from reconciler.testing.git_source import FakeGitSource
 from reconciler.testing.gpus import FakeGpuPort
@@ -61,13 +61,16 @@ class WorldPeers:
         self.me = me
         self.asked: set[str] = set()
 
-    def replicas(self, nodes: Collection[str]) -> Mapping[ReplicaKey, PeerReplica]:
+    def replicas(self, nodes: Collection[str]) -> PeerAnswers:
         self.asked.update(nodes)
         out: dict[ReplicaKey, PeerReplica] = {}
+        answered = []
         for name, node in self.world.nodes.items():
-            if name in nodes and name != self.me and node.published is not None:
+            if (name in nodes and name != self.me and node.published is not None
+                    and name not in self.world.down):
                 out.update(peer_replicas(NodeStatus.model_validate(node.published)))
-        return out
+                answered.append(name)
+        return PeerAnswers(out, answered)
 
 
 class Node:
@@ -128,6 +131,7 @@ class World:
         self.source = FakeGitSource()
         self.nodes: dict[str, Node] = {}
         self.tmp = tmp
+        self.down: set[str] = set()  # dead daemons: they neither tick nor answer peers
 
     def add_nodes(self) -> None:
         for name in NAMES:
@@ -137,7 +141,8 @@ class World:
         """Every daemon ticks once, then the engines that were loading are loaded."""
         self.clock.advance(seconds)
         for node in self.nodes.values():
-            node.tick(self.clock.now())
+            if node.name not in self.down:
+                node.tick(self.clock.now())
         for node in self.nodes.values():
             for p in node.procs.list():
                 if p.member.role == "engine" and p.running and p.health == "starting":

@@ -6,6 +6,7 @@ the streaming chat client against the fake server.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from reconciler.core.errors import EngineStartError
 from reconciler.core.vocabulary import LaunchSpec, MemberKey, ProcessObservation, ReplicaKey
 from reconciler.ports.openai_client import ChatError, chat
 from reconciler.ports.processes import (
+    EngineRecord,
     LocalProcessPort,
     read_stat,
     read_state_files,
@@ -334,6 +336,36 @@ def test_second_port_instance_adopts_and_stops(
     assert (dry.pid, dry.running, dry.health) == (obs.pid, True, "ready")
     assert second.stop(ENGINE, 5.0)
     assert not alive(obs.pid)
+
+
+@pytest.mark.parametrize("lost", [False, True], ids=["from-its-state-file", "from-env-markers"])
+def test_a_member_knows_its_drain_and_leader_after_a_daemon_restart(
+    make_port: Callable[..., LocalProcessPort], state_dir: Path, lost: bool,
+) -> None:
+    """What a deleted deployment's member needs to drain (core/drain.py) survives a daemon
+    restart, also when its state file was lost (adopted from its env markers)."""
+    first = make_port()
+    obs = first.start(dataclasses.replace(fake_launch(), drain_s=12.0, leader="n1"))
+    assert (obs.drain_s, obs.leader) == (12.0, "n1")
+    wait_for(first, ENGINE, lambda o: o.health == "ready")
+    first.close()
+    if lost:
+        (state_dir / "engines" / f"{ENGINE.slug}.json").unlink()
+    second = make_port()
+    adopted = wait_for(second, ENGINE, lambda o: o.running)
+    assert (adopted.pid, adopted.drain_s, adopted.leader) == (obs.pid, 12.0, "n1")
+    (dry,) = read_state_files(second.state_dir)
+    assert (dry.drain_s, dry.leader) == (12.0, "n1")
+
+
+def test_a_state_file_from_before_drains_were_recorded_reads_the_drain_from_argv() -> None:
+    rec = EngineRecord(ENGINE, 1, 1, ("vllm", "--shutdown-timeout", "30"), "h1", 8000, (), 0.0)
+    old = rec.to_json()
+    del old["drain_s"], old["leader"]
+    back = EngineRecord.from_json(old)
+    assert (back.drain_s, back.leader) == (30.0, "")
+    now = dataclasses.replace(rec, drain_s=5.0, leader="n2")
+    assert EngineRecord.from_json(now.to_json()) == now
 
 
 def test_adopted_exit_is_detected_by_polling(make_port: Callable[..., LocalProcessPort]) -> None:

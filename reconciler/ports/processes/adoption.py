@@ -20,10 +20,13 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from reconciler.core.launch import drain_from_argv
 from reconciler.core.vocabulary import MemberKey
 from reconciler.ports.processes.members import leader_alive, member_processes
 from reconciler.ports.processes.proc import (
+    MARKER_DRAIN_S,
     MARKER_HOST,
+    MARKER_LEADER,
     MARKER_MEMBER,
     MARKER_PORT,
     MARKER_SERVED_NAME,
@@ -59,18 +62,31 @@ def record_from_proc(
     gpus = tuple(
         int(g) for g in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip().isdigit()
     )
+    argv = cmdline(st.pid)
     return EngineRecord(
         member=member,
         pid=st.pid,
         start_ticks=st.start_ticks,
-        argv=cmdline(st.pid),
+        argv=argv,
         spec_hash=env.get(MARKER_SPEC_HASH, ""),
         port=port,
         gpus=gpus,
         started_at=wall_start(st.start_ticks) or now,
         host=env.get(MARKER_HOST) or None,
         served_name=env.get(MARKER_SERVED_NAME, ""),
+        drain_s=_drain_marker(env, argv),
+        leader=env.get(MARKER_LEADER, ""),
     )
+
+
+def _drain_marker(env: Mapping[str, str], argv: tuple[str, ...]) -> float | None:
+    """The drain marker; a process started before there was one: its argv."""
+    if MARKER_DRAIN_S not in env:
+        return drain_from_argv(argv)
+    try:
+        return float(env[MARKER_DRAIN_S]) if env[MARKER_DRAIN_S] else None
+    except ValueError:
+        return None
 
 
 def recover_unrecorded(

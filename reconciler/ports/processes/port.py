@@ -185,6 +185,8 @@ class LocalProcessPort(MemberThreads):
             served_name=launch.served_name,
             probe_timeout_s=launch.probe_timeout_s,
             probe_period_s=launch.probe_period_s,
+            drain_s=launch.drain_s,
+            leader=launch.leader,
         )
         tracked = Tracked(record=record, popen=popen)
         with self._lock:  # a concurrent _refresh must not adopt it as a stranger's

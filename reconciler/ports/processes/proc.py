@@ -21,6 +21,10 @@ MARKER_STATE_DIR = "RECONCILER_STATE_DIR"
 MARKER_PORT = "RECONCILER_PORT"
 MARKER_HOST = "RECONCILER_HOST"
 MARKER_SERVED_NAME = "RECONCILER_SERVED_NAME"
+# how the member drains (LaunchSpec.drain_s, "" for none) and its replica's leader node:
+# a restarted daemon still drains a member whose deployment is gone from git
+MARKER_DRAIN_S = "RECONCILER_DRAIN_S"
+MARKER_LEADER = "RECONCILER_LEADER"
 
 
 @dataclass(frozen=True)

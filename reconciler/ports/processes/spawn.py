@@ -14,7 +14,9 @@ from reconciler.core.errors import EngineStartRefused
 from reconciler.core.vocabulary import LaunchSpec
 from reconciler.ports.processes.log_rotation import HEADER_PREFIX
 from reconciler.ports.processes.proc import (
+    MARKER_DRAIN_S,
     MARKER_HOST,
+    MARKER_LEADER,
     MARKER_MEMBER,
     MARKER_PORT,
     MARKER_SERVED_NAME,
@@ -41,6 +43,8 @@ def child_env(
     env[MARKER_PORT] = str(launch.port)
     env[MARKER_HOST] = launch.host or ""
     env[MARKER_SERVED_NAME] = launch.served_name
+    env[MARKER_DRAIN_S] = "" if launch.drain_s is None else f"{launch.drain_s:g}"
+    env[MARKER_LEADER] = launch.leader
     return env
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reconciler.core.launch import drain_from_argv
 from reconciler.core.vocabulary import MemberKey, ProcessObservation
 from reconciler.ports.processes.proc import same_process
 
@@ -36,6 +37,8 @@ class EngineRecord:
     probe_period_s: float = 5.0
     ready_at: float | None = None  # first time it was seen ready (survives a daemon restart)
     exit_code: int | None = None  # written by the waiter of the daemon that started it
+    drain_s: float | None = None  # LaunchSpec.drain_s
+    leader: str = ""  # LaunchSpec.leader
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +57,8 @@ class EngineRecord:
             "probe_period_s": self.probe_period_s,
             "ready_at": self.ready_at,
             "exit_code": self.exit_code,
+            "drain_s": self.drain_s,
+            "leader": self.leader,
         }
 
     @classmethod
@@ -73,6 +78,11 @@ class EngineRecord:
             probe_period_s=float(data.get("probe_period_s", 5.0)),
             ready_at=None if data.get("ready_at") is None else float(data["ready_at"]),
             exit_code=None if data.get("exit_code") is None else int(data["exit_code"]),
+            # a file written before drains were recorded: the engine's own argv says
+            drain_s=float(data["drain_s"]) if data.get("drain_s") is not None
+            else None if "drain_s" in data
+            else drain_from_argv(tuple(str(a) for a in data["argv"])),
+            leader=str(data.get("leader") or ""),
         )
 
 
@@ -126,6 +136,8 @@ def read_state_files(state_dir: Path) -> list[ProcessObservation]:
                 if running
                 else "unhealthy",
                 exit_code=None if running else rec.exit_code,
+                drain_s=rec.drain_s,
+                leader=rec.leader,
             )
         )
     return found

@@ -139,4 +139,6 @@ def observe(t: Tracked, now: float) -> ProcessObservation:
         exit_code=t.exit_code if t.exited else None,
         unhealthy_since=t.unhealthy_since if t.health == "unhealthy" else None,
         detail=t.detail,
+        drain_s=rec.drain_s,
+        leader=rec.leader,
     )

@@ -1,0 +1,114 @@
+"""Draining before a stop on purpose: which member may go now, and which must wait. Pure.
+
+Issue 14: before a replica is stopped or replaced (rolling update, scale-in, delete,
+suspend, move) it leaves every gateway's table, the requests in flight finish within the
+deployment's `rollout.drainTimeoutSeconds`, and only then does its engine get SIGTERM.
+Every member knows its drain from how it was launched (`ProcessObservation.drain_s`,
+written into its state file and env markers), so a deployment deleted from git still
+drains; where a member predates that record, the deployment's setting is used.
+
+- A serving engine (single-node, the Ray driver, an mp replica's rank 0) is announced
+  first (its replica shows Draining) and gets SIGTERM DRAIN_ANNOUNCE_S later, with its
+  drain on top of the stop grace (`PlanWork.retire`).
+- The leader's Ray head stays while that engine runs: the engine's Ray workers finish
+  the requests in flight. It stops in the tick the engine's stop is planned (apply stops
+  in plan order, synchronously) or once the engine is gone.
+- A follower (Ray worker, headless mp rank) stays while its leader's engine runs at the
+  follower's own hash, as its leader's /status says (ports/peers), also after the
+  replica left the placement (it asks the leader it was launched under). It goes once
+  the leader answers without that engine. A leader that does not answer, or that keeps
+  its engine, holds it no longer than the announce + the drain + DRAIN_MARGIN_S, counted
+  from the follower's own decision: a dead leader never pins a follower for ever.
+
+Members without a drain (None) stop at once, as before.
+"""
+
+from __future__ import annotations
+
+from reconciler.core.members import DRAIN_ANNOUNCE_S, PlanWork
+from reconciler.core.vocabulary import (
+    MemberKey,
+    ObservedState,
+    ProcessObservation,
+    ReplicaStatus,
+)
+
+# Beyond the announce and the drain, how long a follower (or the leader's Ray head) still
+# waits for the leader's engine: nodes load a revision a tick or two apart (a webhook wakes
+# them all), and the leader stops its head and publishes its status after the drain.
+DRAIN_MARGIN_S = 15.0
+
+
+def hold_bound(drain_s: float) -> float:
+    """How long a member may wait for its leader's engine to drain, at most."""
+    return DRAIN_ANNOUNCE_S + drain_s + DRAIN_MARGIN_S
+
+
+def retire(work: PlanWork, member: MemberKey, reason: str, proc: ProcessObservation,
+           spec_drain_s: float | None, observed: ObservedState, node: str,
+           placed_leader: str = "") -> str | None:
+    """Stop `member` on purpose, draining first where it drains. None when the stop is
+    planned now; else why it is still running (for its replica's Draining status).
+    `spec_drain_s`: the deployment's drain timeout where it still exists;
+    `placed_leader`: the replica's leader by this tick's placement, for a member whose
+    record predates `ProcessObservation.leader`."""
+    drain_s = proc.drain_s if proc.drain_s is not None else spec_drain_s
+    if drain_s is None:
+        work.stop(member, reason)
+        return None
+    leader = proc.leader or placed_leader
+    if member.role in ("engine", "surge") and leader in ("", node):
+        if work.retire(member, reason, proc, drain_s):
+            return None
+        return "draining: out of the gateways, then requests in flight finish"
+    if member.role == "ray-head":
+        engine = MemberKey(member.replica, "engine")
+        if not work.live(engine, observed.processes.get(engine)):
+            work.stop(member, f"{reason}; the engine it served has stopped")
+            return None
+        return _hold(work, member, reason, drain_s,
+                     "Ray head kept while the engine drains on it")
+    # a follower: a Ray worker, or a headless mp rank
+    if not leader:
+        work.stop(member, reason)
+        return None
+    peer = observed.peers.get(member.replica)
+    if peer is not None and peer.engine_hash == proc.spec_hash:
+        why = f"kept while leader {leader}'s engine drains"
+    elif peer is None and leader not in observed.peers_answered:
+        why = f"kept until leader {leader}'s engine has drained (leader not answering)"
+    else:
+        work.stop(member, f"{reason}; leader {leader}'s engine has stopped")
+        return None
+    return _hold(work, member, reason, drain_s, why)
+
+
+def _hold(work: PlanWork, member: MemberKey, reason: str, drain_s: float,
+          why: str) -> str | None:
+    since = work.draining.get(member, work.now)
+    bound = hold_bound(drain_s)
+    if work.now - since >= bound:
+        work.stop(member, f"{reason}; {why} no longer: {bound:g} s passed")
+        return None
+    work.still_draining[member] = since
+    return why
+
+
+def unwanted_status(member: MemberKey, proc: ProcessObservation, why: str,
+                    node: str) -> ReplicaStatus:
+    """Draining, for a replica this node still runs but no longer wants (deleted, scaled
+    in, suspended, moved) while its members drain: gateways route Ready replicas only,
+    and a follower reads its leader's members here."""
+    leader = proc.leader or node
+    role = "single" if not proc.leader else "leader" if leader == node else "follower"
+    serving = member.role in ("engine", "surge") and role != "follower"
+    return ReplicaStatus(
+        replica=member.replica,
+        state="Draining",
+        reason=why,
+        role=role,
+        nodes=(leader,) if leader == node else (leader, node),
+        spec_hash=proc.spec_hash,
+        gpus=proc.gpus,
+        port=proc.port if serving else None,
+    )
