@@ -16,9 +16,12 @@ drains; where a member predates that record, the deployment's setting is used.
 - A follower (Ray worker, headless mp rank) stays while its leader's engine runs at the
   follower's own hash, as its leader's /status says (ports/peers), also after the
   replica left the placement (it asks the leader it was launched under). It goes once
-  the leader answers without that engine. A leader that does not answer, or that keeps
-  its engine, holds it no longer than the announce + the drain + DRAIN_MARGIN_S, counted
-  from the follower's own decision: a dead leader never pins a follower for ever.
+  the leader answers without that engine. Once the leader shows the replica Draining, or
+  stops answering, it waits no longer than the announce + the drain + DRAIN_MARGIN_S: a
+  dead leader never pins a follower for ever. A leader that answers and still serves
+  without Draining has not seen the change yet (nodes fetch a revision up to a poll
+  interval apart, and a leader whose source fails keeps its last good revision): its
+  replica still serves on this member, which stays, and the bound starts with its drain.
 
 Members without a drain (None) stop at once, as before.
 """
@@ -73,6 +76,12 @@ def retire(work: PlanWork, member: MemberKey, reason: str, proc: ProcessObservat
         work.stop(member, reason)
         return None
     peer = observed.peers.get(member.replica)
+    if peer is not None and peer.engine_hash == proc.spec_hash and not peer.draining:
+        # the leader serves on: it has not seen this change yet (nodes fetch a revision
+        # up to a poll interval apart). Its engine would fail its requests in flight
+        # without this member; the bound counts from when its drain begins.
+        work.still_draining[member] = work.now
+        return f"kept while leader {leader}'s engine still serves (it has not begun to drain)"
     if peer is not None and peer.engine_hash == proc.spec_hash:
         why = f"kept while leader {leader}'s engine drains"
     elif peer is None and leader not in observed.peers_answered:

@@ -42,6 +42,7 @@ def mp_peer_views(desired: Desired, placement: Placement, observed: ObservedStat
             head_up=peer.engine_hash != "",
             engine_hash=peer.engine_hash,
             engine_ready=peer.engine_ready,
+            draining=peer.draining,
         )
         changed = True
     return replace(observed, peers=views) if changed else observed

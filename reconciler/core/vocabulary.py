@@ -172,6 +172,8 @@ class PeerReplica:
     # --nnodes, no Ray) is up and ready by its leader's engine alone
     engine_hash: str = ""  # "": no engine running
     engine_ready: bool = False
+    # the leader reports the replica Draining: its engine is on its way out (core/drain.py)
+    draining: bool = False
 
 
 @dataclass(frozen=True)

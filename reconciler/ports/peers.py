@@ -91,6 +91,7 @@ def _running(members: Sequence[Member], role: str) -> Member | None:
 def _from_members(r: Replica, members: Sequence[Member]) -> PeerReplica:
     """What the leader *runs*, from its observed members (status `members`), not the hash
     it wants: a follower must join the head that is up, at the hash it is up with."""
+    draining = r.state == "Draining"
     engine = _running(members, "engine")
     # the leader's running engine: what the followers of an mp multi-node replica (vLLM
     # --nnodes, no Ray) join
@@ -100,15 +101,17 @@ def _from_members(r: Replica, members: Sequence[Member]) -> PeerReplica:
         head = _running(members, "ray-head")
         if head is None:
             return PeerReplica(spec_hash="", ready=False, head_up=False,
-                               engine_hash=engine_hash, engine_ready=engine_ready)
+                               engine_hash=engine_hash, engine_ready=engine_ready,
+                               draining=draining)
         h = head.spec_hash
         ready = engine_ready and engine_hash == h
         return PeerReplica(spec_hash=h, ready=ready, head_up=head.health == "ready",
-                           engine_hash=engine_hash, engine_ready=engine_ready)
+                           engine_hash=engine_hash, engine_ready=engine_ready,
+                           draining=draining)
     if engine is None:
-        return PeerReplica(spec_hash="", ready=False)
+        return PeerReplica(spec_hash="", ready=False, draining=draining)
     return PeerReplica(spec_hash=engine_hash, ready=engine_ready, engine_hash=engine_hash,
-                       engine_ready=engine_ready)
+                       engine_ready=engine_ready, draining=draining)
 
 
 def peer_replicas(status: NodeStatus) -> dict[ReplicaKey, PeerReplica]:
@@ -125,7 +128,8 @@ def peer_replicas(status: NodeStatus) -> dict[ReplicaKey, PeerReplica]:
         if r.members is not None:
             out[key] = _from_members(r, r.members)
         else:
-            out[key] = PeerReplica(spec_hash=r.spec_hash, ready=r.state == "Ready")
+            out[key] = PeerReplica(spec_hash=r.spec_hash, ready=r.state == "Ready",
+                                   draining=r.state == "Draining")
     return out
 
 

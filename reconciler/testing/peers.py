@@ -32,16 +32,19 @@ class FakePeers:
         self.reports[by] = {}
 
     def lead(
-        self, key: ReplicaKey, spec_hash: str, *, ready: bool, by: str, ray_head: bool = False
+        self, key: ReplicaKey, spec_hash: str, *, ready: bool, by: str, ray_head: bool = False,
+        draining: bool = False,
     ) -> None:
         """Node `by` leads `key` and runs its engine at `spec_hash` (answering probes when
-        `ready`), beside a running Ray head at the same hash when `ray_head`."""
+        `ready`), beside a running Ray head at the same hash when `ray_head`; `draining`:
+        it reports the replica Draining."""
         self.reports.setdefault(by, {})[key] = PeerReplica(
             spec_hash=spec_hash,
             ready=ready,
             head_up=ray_head,
             engine_hash=spec_hash,
             engine_ready=ready,
+            draining=draining,
         )
 
     def unreachable(self) -> None:

@@ -28,7 +28,7 @@ class World(Protocol):
     port: PeerPort
 
     def lead(self, key: ReplicaKey, spec_hash: str, *, ready: bool,
-             ray_head: bool = False) -> None: ...
+             ray_head: bool = False, draining: bool = False) -> None: ...
     def unreachable(self) -> None: ...
 
 
@@ -65,14 +65,14 @@ class RealWorld:
         self.port: PeerPort = HttpPeers(lambda: [address], timeout_s=2.0)
 
     def lead(self, key: ReplicaKey, spec_hash: str, *, ready: bool,
-             ray_head: bool = False) -> None:
+             ray_head: bool = False, draining: bool = False) -> None:
         health = "ready" if ready else "starting"
         members = [{"role": "engine", "specHash": spec_hash, "health": health}]
         if ray_head:
             members.append({"role": "ray-head", "specHash": spec_hash, "health": "ready"})
         self.replicas.append({
             "deployment": key.deployment, "index": key.index,
-            "state": "Ready" if ready else "Starting",
+            "state": "Draining" if draining else "Ready" if ready else "Starting",
             "role": "leader" if ray_head else "single",
             "nodes": ["n2", "n3"] if ray_head else ["n2"], "specHash": spec_hash,
             "port": 8000, "members": members,
@@ -96,8 +96,9 @@ class FakeWorld:
         self.port: PeerPort = self.fake
 
     def lead(self, key: ReplicaKey, spec_hash: str, *, ready: bool,
-             ray_head: bool = False) -> None:
-        self.fake.lead(key, spec_hash, ready=ready, by=PEER, ray_head=ray_head)
+             ray_head: bool = False, draining: bool = False) -> None:
+        self.fake.lead(key, spec_hash, ready=ready, by=PEER, ray_head=ray_head,
+                       draining=draining)
 
     def unreachable(self) -> None:
         self.fake.unreachable()
@@ -128,6 +129,15 @@ def test_what_a_peer_leads_is_reported_as_it_runs(world: World) -> None:
         SINGLE: PeerReplica("aaaa", ready=False, engine_hash="aaaa"),
         MULTI: PeerReplica("bbbb", ready=True, head_up=True, engine_hash="bbbb",
                            engine_ready=True),
+    }
+
+
+def test_a_draining_leader_is_reported_draining_with_its_engine_still_running(
+        world: World) -> None:
+    world.lead(MULTI, "bbbb", ready=True, ray_head=True, draining=True)
+    assert dict(world.port.replicas([PEER])) == {
+        MULTI: PeerReplica("bbbb", ready=True, head_up=True, engine_hash="bbbb",
+                           engine_ready=True, draining=True),
     }
 
 

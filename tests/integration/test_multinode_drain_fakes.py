@@ -6,7 +6,8 @@ A delete or a spec change with rollout.drainTimeoutSeconds: the leader's replica
 Draining (what every gateway and follower reads) before its engine gets SIGTERM with the
 drain on its grace; the leader's Ray head and every follower's Ray worker stay while
 that engine runs; the worker leaves once the leader's status no longer shows it. A dead
-leader holds its followers no longer than the announce + the drain + the margin.
+leader holds its followers no longer than the announce + the drain + the margin; a live
+leader that has not yet seen the change (still serving) holds them until it drains.
 """
 
 from __future__ import annotations
@@ -131,4 +132,23 @@ def test_a_rolling_update_of_a_multi_node_replica_drains_before_the_group_restar
     (worker_at, _), *_ = stops(follower, "ray-worker")
     (head_at, _), *_ = stops(leader, "ray-head")
     assert engine_at <= head_at and engine_at <= worker_at <= engine_at + 2.0
+    assert all(n.rec.refused_transitions == {} for n in world.nodes.values())
+
+
+def test_a_follower_waits_for_a_leader_that_has_not_seen_the_delete_yet(world: World) -> None:
+    """Nodes fetch a revision up to a poll interval apart: a follower that sees the delete
+    first keeps its worker, past the bound, while the leader still serves; once the
+    leader sees it, the drain goes as usual."""
+    leader, (follower,) = formed(world, 2)
+    world.lagging.add(leader.name)
+    world.source.commit({"mn.yaml": None})
+    for _ in range(int(hold_bound(DRAIN_S)) + 10):
+        world.round()
+        assert follower.running("ray-worker") is not None and leader.state() == "Ready"
+    assert follower.state() == "Draining"
+    world.lagging.discard(leader.name)
+    world.until("torn down", lambda: follower.running("ray-worker") is None, rounds=15)
+    ((engine_at, _),) = stops(leader, "engine")
+    ((worker_at, _),) = stops(follower, "ray-worker")
+    assert engine_at <= worker_at
     assert all(n.rec.refused_transitions == {} for n in world.nodes.values())

@@ -76,6 +76,7 @@ class WorldPeers:
 class Node:
     def __init__(self, world: World, name: str, tmp: Path) -> None:
         self.name = name
+        self.world = world
         state = tmp / name
         self.procs = FakeProcessPort(state, clock=world.clock)
         self.ray = RayProcesses(self.procs, world.ray)
@@ -95,7 +96,8 @@ class Node:
         self.published: dict[str, Any] | None = None
 
     def tick(self, now: float) -> None:
-        self.sync.sync(now)
+        if self.name not in self.world.lagging:
+            self.sync.sync(now)
         tick = self.rec.tick()
         snap = Snapshot(
             node=self.name, now=now, started_at=now, source_url="file:///repo",
@@ -132,6 +134,7 @@ class World:
         self.nodes: dict[str, Node] = {}
         self.tmp = tmp
         self.down: set[str] = set()  # dead daemons: they neither tick nor answer peers
+        self.lagging: set[str] = set()  # daemons that do not fetch new revisions (yet)
 
     def add_nodes(self) -> None:
         for name in NAMES:

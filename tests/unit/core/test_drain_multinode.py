@@ -65,12 +65,13 @@ def worker(h: str = H, drain: float | None = DRAIN_S) -> ProcessObservation:
                 drain_s=drain, leader=LEADER)
 
 
-def leads(engine_hash: str, head_hash: str = H) -> dict[ReplicaKey, PeerReplica]:
+def leads(engine_hash: str, head_hash: str = H,
+          draining: bool = True) -> dict[ReplicaKey, PeerReplica]:
     """What the leader's /status says: its Ray head up at `head_hash` ("" none), its
-    engine running at `engine_hash` ("" none)."""
+    engine running at `engine_hash` ("" none), the replica Draining or not."""
     return {KEY: PeerReplica(spec_hash=head_hash, ready=engine_hash == head_hash != "",
                              head_up=head_hash != "", engine_hash=engine_hash,
-                             engine_ready=engine_hash != "")}
+                             engine_ready=engine_hash != "", draining=draining)}
 
 
 def on_leader(want: Any, now: float, *procs: ProcessObservation,
@@ -109,7 +110,9 @@ def test_a_deleted_replica_drains_on_its_leader_engine_first_then_the_head() -> 
 
 
 @pytest.mark.parametrize(("case", "peers", "answered", "kept"), [
-    ("the leader's engine still runs at the worker's hash", leads(H), True, True),
+    ("the leader's engine drains at the worker's hash", leads(H), True, True),
+    ("the leader's engine still serves: it has not seen the change", leads(H, draining=False),
+     True, True),
     ("the leader's engine stopped, its head still up", leads(""), True, False),
     ("the leader answers and runs nothing of the replica", {}, True, False),
     ("the leader does not answer (within the bound)", {}, False, True),
@@ -143,6 +146,18 @@ def test_no_leader_pins_a_follower_beyond_the_bound(
                     draining=draining)
     assert [k for k in kinds(p) if "r1" in k] == ["Stop:r1/0/ray-worker"]
     assert "no longer" in p.actions[0].reason
+
+
+def test_a_leader_that_has_not_begun_its_drain_does_not_start_the_followers_clock() -> None:
+    """Nodes see a revision up to a poll interval apart: the follower waits for a leader
+    that still serves (its requests in flight need this worker), and the bound counts
+    from the leader's drain, not from the follower's decision."""
+    serving = leads(H, draining=False)
+    worker_key = MemberKey(KEY, "ray-worker")
+    p = on_follower(DELETED, 500.0, worker(), peers=serving, draining={worker_key: 50.0})
+    assert [k for k in kinds(p) if "r1" in k] == [] and p.draining == {worker_key: 500.0}
+    p = on_follower(DELETED, 501.0, worker(), peers=leads(H), draining=p.draining)
+    assert p.draining == {worker_key: 500.0}  # counting from here
 
 
 def test_members_launched_without_a_drain_stop_at_once_as_before() -> None:
