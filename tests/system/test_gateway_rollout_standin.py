@@ -12,6 +12,9 @@ real vLLM on network-namespace hosts.
 - Recreate with a drain: the requests that find no replica get 503, counted.
 - one replica with maxSurge 1 and room for a second engine: 0 failed requests; the same
   without surge: 503 while it is replaced.
+- delete of the deployment with drainTimeoutSeconds: 0 failed requests that had started
+  (the requests after the replicas left the table get the gateway's 404/503, counted);
+  without a drain timeout the streams in flight are cut.
 """
 
 from __future__ import annotations
@@ -159,3 +162,45 @@ def test_recreate_with_drain_counts_the_requests_that_find_no_replica(
     load = _rollout(make_rig, tmp_path, {"strategy": "Recreate", "drainTimeoutSeconds": 10})
     assert load.ok > 20 and load.failures["HTTP 503"] > 0, load.failures
     assert set(load.failures) == {"HTTP 503"}, load.failures  # the drain saw to the rest
+
+
+def _delete(make_rig: Callable[..., Rig], tmp_path: Path, rollout: dict[str, Any]) -> Load:
+    """4 streaming clients through the gateway while the deployment is deleted from git."""
+    rig = make_rig(gpus=2)
+    rig.push({"cluster.yaml": cluster_yaml(rig.engine_port, rig.status_port, 2),
+              "chat.yaml": chat_doc(rig, 0.05, rollout)}, "chat")
+    rig.config["engine"]["apiServerModule"] = "testrigs.engines.stream_engine"
+    rig.cfg_path.write_text(json.dumps(rig.config))
+    rig.start()
+    wait_until(lambda: [s for s, _ in _hashes(rig).values()] == ["Ready"] * 2, 60,
+               "every replica Ready")
+    g = start_gateway(tmp_path, f"http://127.0.0.1:{rig.status_port}")
+    try:
+        g.wait_models({"chat-model"})
+        with Load(g) as load:
+            time.sleep(2)
+            rig.push({"chat.yaml": None}, "delete chat")
+            wait_until(lambda: not list((rig.state / "engines").glob("chat.*.json"))
+                       and not _hashes(rig), 60, "every engine of chat stopped")
+            time.sleep(2)  # requests after the replicas left every table
+        print(f"\ndelete {rollout}: {load.ok} ok, failures {dict(load.failures)}")
+        return load
+    finally:
+        g.stop()
+
+
+def test_delete_with_drain_fails_no_request_that_had_started(
+        make_rig: Callable[..., Rig], tmp_path: Path) -> None:
+    """The deleted deployment's engines still drain (they know their drain from how they
+    were launched): streams in flight finish; requests after the replicas left the
+    gateway's table get its 404 (model unknown) or 503, counted."""
+    load = _delete(make_rig, tmp_path, {"drainTimeoutSeconds": 10})
+    turned_away = load.failures["HTTP 404"] + load.failures["HTTP 503"]
+    assert load.ok >= 6 and turned_away > 0, load.failures
+    assert set(load.failures) <= {"HTTP 404", "HTTP 503"}, load.failures
+
+
+def test_delete_without_drain_cuts_the_streams_in_flight(
+        make_rig: Callable[..., Rig], tmp_path: Path) -> None:
+    load = _delete(make_rig, tmp_path, {})
+    assert load.failures["IncompleteRead"] > 0, load.failures
