@@ -27,7 +27,10 @@ What it does, like vLLM's Ray executor:
   (what each rank reported, for tests);
 - exits 3 shortly after a rank dies (``--exit-grace`` seconds of 503 first, so a prober can
   see it) and 4 after ``--max-missed`` ping rounds time out, so a supervisor sees the death.
-SIGTERM/SIGINT end it with status 0.
+SIGTERM/SIGINT end it with status 0; with ``--shutdown-timeout`` (vLLM's drain) and the
+test-only ``--drain-seconds`` it first keeps pinging every rank for the shorter of the two,
+as vLLM's engine still needs every Ray node while requests in flight finish, logging
+``drained`` (or ``rank died during the drain`` and exit 3).
 """
 
 from __future__ import annotations
@@ -70,6 +73,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-missed", type=int, default=6)
     p.add_argument("--exit-grace", type=float, default=1.0)
     p.add_argument("--gpus-per-rank", type=float, default=1.0)
+    # vLLM's drain on SIGTERM (requests in flight get up to this long)
+    p.add_argument("--shutdown-timeout", type=float, default=0.0)
+    # test only: how long requests stay in flight after SIGTERM; the ranks (on every Ray
+    # node of the replica) keep answering through it, or it exits 3 like any rank death
+    p.add_argument("--drain-seconds", type=float, default=0.0)
     args, ignored = p.parse_known_args(argv)
     if ignored:
         _log("ignoring arguments", args=ignored)
@@ -182,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+    # ray.init installs its own (abseil) SIGTERM handler, which dumps a stack and kills
+    # the process: ours again, so SIGTERM stops cleanly (and drains, as vLLM does)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     _log("attached", address=address, seconds=round(time.monotonic() - t0, 2))
 
     bundles = [{"GPU": args.gpus_per_rank} for _ in range(args.world_size)]
@@ -227,14 +239,27 @@ def main(argv: list[str] | None = None) -> int:
 
     missed = 0
     code = 0
-    while not stop.is_set():
+    drain_until: float | None = None
+    drained_rounds = 0
+    while True:
+        if stop.is_set():
+            if drain_until is None:
+                hold = min(args.drain_seconds, args.shutdown_timeout)
+                drain_until = time.monotonic() + hold
+                if hold > 0:
+                    _log("draining", seconds=hold)
+            if time.monotonic() >= drain_until:
+                if drained_rounds:
+                    _log("drained", rounds=drained_rounds, ranks=len(actors))
+                break
         try:
             ranks = ray.get([a.ping.remote() for a in actors], timeout=args.ping_timeout)
         except (RayActorError, RaySystemError) as exc:
             with state.lock:
                 state.healthy = False
                 state.reason = f"rank died: {type(exc).__name__}"
-            _log("rank died", error=str(exc)[:500])
+            _log("rank died during the drain" if drain_until is not None else "rank died",
+                 error=str(exc)[:500])
             code = EXIT_RANK_DIED
             break
         except GetTimeoutError:
@@ -254,7 +279,11 @@ def main(argv: list[str] | None = None) -> int:
             state.healthy = True
             state.reason = "ok"
             state.ranks = ranks
-        stop.wait(args.ping_interval)
+        if drain_until is not None:
+            drained_rounds += 1  # every rank answered, during the drain
+            time.sleep(args.ping_interval)
+        else:
+            stop.wait(args.ping_interval)
 
     if code:
         # Let a prober see the 503 before the process disappears.

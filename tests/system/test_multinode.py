@@ -16,7 +16,10 @@ The cases run in order on one cluster (forming it costs ~20 s on 2 cores):
    and restarted with backoff, counted in the restarts metric;
 3. a spec change (maxModelLen) -> every member converges to the new spec hash;
 4. the follower's cable cut -> the leader's status names the missing member;
-5. ``mn-a`` deleted -> no process of it is left on any host; ``mn-b``'s pid is unchanged.
+5. ``mn-a`` gets ``drainTimeoutSeconds`` (a spec change), then is deleted -> the leader
+   reports it Draining, its engine drains with every Ray rank answering, the follower's
+   Ray worker outlives the engine; then no process of it is left on any host; ``mn-b``'s
+   pid is unchanged.
 
 Needs root, ``ip netns`` and ray in the engine environment. About 3 minutes on 2 cores.
 """
@@ -217,16 +220,69 @@ def test_4_cut_cable_names_the_missing_member(mn: MultiNodeCluster) -> None:
         mn.net.link_up(follower)
 
 
-@pytest.mark.timeout(120)
-def test_5_delete_leaves_nothing_and_spares_the_other(mn: MultiNodeCluster) -> None:
+def a_drained_yaml() -> str:
+    """mn-a with a drain: its engine (the Ray test engine) keeps every rank busy for
+    DRAIN_HOLD_S after SIGTERM, as vLLM finishing requests in flight would."""
+    text = deployment_yaml(A, nodes=["h1", "h2"], pipeline=2, port=8000, drain_s=DRAIN_S)
+    return text.replace("engine: {maxModelLen: 1024}", "engine: {maxModelLen: 1024, "
+                        f"extraArgs: ['--drain-seconds', '{DRAIN_HOLD_S:g}']}}")
+
+
+DRAIN_S, DRAIN_HOLD_S = 20, 4.0
+
+
+@pytest.mark.timeout(240)
+def test_5_delete_drains_the_leader_engine_first_leaves_nothing_and_spares_the_other(
+        mn: MultiNodeCluster) -> None:
+    """Deleting a multi-node replica with a drain: the leader reports it Draining, its
+    engine gets SIGTERM and drains with every Ray rank still answering (the follower's
+    Ray worker stays until the engine has exited), then every process of it goes."""
+    leader, follower = roles(mn)
+    old = wait_for("Ready before the drain is set", 90, lambda: ready_at(mn, leader, follower))
+    mn.push({"a.yaml": a_drained_yaml()}, "mn-a: drainTimeoutSeconds")
+    new = wait_for("the drained spec applied", 30,
+                   lambda: (x := mn.replica(leader, A)) and x["specHash"] != old["specHash"]
+                   and x["specHash"])
+    wait_for("Ready with the drain", 150, lambda: ready_at(mn, leader, follower, new),
+             on_fail=mn.logs)
     h3 = mn.host("h3")
     b_pid = int((mn.member_record(h3, f"{B}.0.engine") or {"pid": 0})["pid"])
     assert b_pid and mn.marked_processes(f"{A}.0.")  # mn-a still has processes somewhere
+    engine_log = mn.state_dir(leader) / "logs" / f"{A}.0.engine.log"
+    log_from = engine_log.stat().st_size
     t0 = time.monotonic()
     mn.push({"a.yaml": None}, "delete mn-a")
-    wait_for("no process of mn-a on any host", 60,
-             lambda: not mn.marked_processes(f"{A}.0."), on_fail=mn.logs)
-    print(f"mn-a gone everywhere {time.monotonic() - t0:.1f} s after the push")
+    states: list[str] = []
+    samples = 0
+    engine_gone_at = worker_gone_at = None
+    while time.monotonic() - t0 < 90:
+        r = mn.replica(leader, A)
+        state = r["state"] if r is not None else "-"
+        if not states or states[-1] != state:
+            states.append(state)
+        engine = bool(mn.marked_processes(f"{A}.0.engine"))
+        worker = bool(mn.marked_processes(f"{A}.0.ray-worker"))
+        samples += 1
+        now = time.monotonic() - t0
+        if not engine and engine_gone_at is None:
+            engine_gone_at = now
+        if not worker and worker_gone_at is None:
+            worker_gone_at = now
+        # the follower's Ray worker never goes while the leader's engine runs
+        assert worker or not engine, (now, states, mn.logs())
+        if not mn.marked_processes(f"{A}.0."):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"mn-a not gone: {states}\n{mn.logs()}")
+    print(f"mn-a gone everywhere {time.monotonic() - t0:.1f} s after the push; leader's "
+          f"states {' -> '.join(states)}; engine gone at {engine_gone_at:.1f} s, follower's "
+          f"worker at {worker_gone_at:.1f} s ({samples} samples)")
+    assert "Draining" in states and states.index("Draining") < states.index("-"), states
+    assert engine_gone_at is not None and worker_gone_at is not None
+    assert worker_gone_at >= engine_gone_at
+    drained = engine_log.read_text(errors="replace")[log_from:]
+    assert '"msg": "drained"' in drained and "rank died" not in drained, drained[-2000:]
     assert mn.member_record(mn.host("h1"), f"{A}.0.ray-head") is None
     b = mn.replica(h3, B)
     assert b is not None and b["state"] == "Ready"
