@@ -23,16 +23,31 @@ drains; where a member predates that record, the deployment's setting is used.
   interval apart, and a leader whose source fails keeps its last good revision): its
   replica still serves on this member, which stays, and the bound starts with its drain.
 
+- A follower moved off a Ray replica whose leader stays (its node drained, say): the
+  leader sees a Ray member on a node no longer placed and drains its engine
+  (`group_moved`, `regroup`), keeping its head; the old follower waits for that like
+  any follower, bounded from its own decision (`leader_drains` False: the leader's
+  revision gives it no other reason to drain), and the engine starts again once the old
+  member has left the Ray cluster (fate_sharing.formation_wait). An mp leader cannot
+  see its followers: there the old rank leaves at the bound and vLLM's broken group
+  restarts the replica.
+
 Members without a drain (None) stop at once, as before.
 """
 
 from __future__ import annotations
 
-from reconciler.core.members import DRAIN_ANNOUNCE_S, PlanWork
+from collections.abc import Mapping
+
+from reconciler.core.members import DRAIN_ANNOUNCE_S, PlanWork, Wanted, status
+from reconciler.core.spec_hash import spec_hash
 from reconciler.core.vocabulary import (
+    Desired,
     MemberKey,
     ObservedState,
     ProcessObservation,
+    RayView,
+    ReplicaPlacement,
     ReplicaStatus,
 )
 
@@ -49,12 +64,14 @@ def hold_bound(drain_s: float) -> float:
 
 def retire(work: PlanWork, member: MemberKey, reason: str, proc: ProcessObservation,
            spec_drain_s: float | None, observed: ObservedState, node: str,
-           placed_leader: str = "") -> str | None:
+           placed_leader: str = "", *, leader_drains: bool = True) -> str | None:
     """Stop `member` on purpose, draining first where it drains. None when the stop is
     planned now; else why it is still running (for its replica's Draining status).
     `spec_drain_s`: the deployment's drain timeout where it still exists;
     `placed_leader`: the replica's leader by this tick's placement, for a member whose
-    record predates `ProcessObservation.leader`."""
+    record predates `ProcessObservation.leader`; `leader_drains`: False for a follower
+    whose leader keeps the replica as it is by this revision (only this node left it),
+    so a leader that serves on is no reason to wait beyond the bound."""
     drain_s = proc.drain_s if proc.drain_s is not None else spec_drain_s
     if drain_s is None:
         work.stop(member, reason)
@@ -76,7 +93,8 @@ def retire(work: PlanWork, member: MemberKey, reason: str, proc: ProcessObservat
         work.stop(member, reason)
         return None
     peer = observed.peers.get(member.replica)
-    if peer is not None and peer.engine_hash == proc.spec_hash and not peer.draining:
+    if (peer is not None and peer.engine_hash == proc.spec_hash and not peer.draining
+            and leader_drains):
         # the leader serves on: it has not seen this change yet (nodes fetch a revision
         # up to a poll interval apart). Its engine would fail its requests in flight
         # without this member; the bound counts from when its drain begins.
@@ -101,6 +119,59 @@ def _hold(work: PlanWork, member: MemberKey, reason: str, drain_s: float,
         return None
     work.still_draining[member] = since
     return why
+
+
+def leader_drains(proc: ProcessObservation, where: ReplicaPlacement | None,
+                  desired: Desired) -> bool:
+    """Will this revision make the leader of `proc`'s replica retire its engine? Yes when
+    the replica is placed nowhere, its leader moved, or its spec hash changed; no when only
+    this node left it (a follower moved off, e.g. its node drained): the leader then
+    re-forms the group (`group_moved`, Ray) or never learns of it (mp)."""
+    if where is None or where.leader != (proc.leader or where.leader):
+        return True
+    dep = desired.deployments.get(proc.member.replica.deployment)
+    return dep is None or spec_hash(desired.cluster, dep) != proc.spec_hash
+
+
+def unplaced_members(p: ReplicaPlacement, view: RayView | None,
+                     addresses: Mapping[str, str]) -> tuple[str, ...]:
+    """IPs of alive Ray members of the replica on nodes no longer placed."""
+    if view is None:
+        return ()
+    placed = {addresses.get(n, n) for n in p.nodes}
+    return tuple(ip for ip in view.alive_nodes if ip not in placed)
+
+
+def group_moved(w: Wanted, proc: ProcessObservation, observed: ObservedState,
+                addresses: Mapping[str, str], node: str) -> str:
+    """A Ray multi-node leader's running engine whose group still has members on nodes
+    no longer placed (a follower moved off, e.g. its node drained): those nodes' IPs, or
+    "" when the group matches its placement. Only with a drain set: without one the old
+    follower leaves at once and its rank's death fails the engine, as before."""
+    p = w.placement
+    drains = proc.drain_s is not None or w.dep.spec.rollout.drain_timeout_seconds is not None
+    if (not drains or not p.multi_node or w.mp_multi or p.leader != node
+            or w.member.role != "engine"):
+        return ""
+    return ", ".join(unplaced_members(p, observed.ray.get(p.key), addresses))
+
+
+def regroup(work: PlanWork, w: Wanted, proc: ProcessObservation, moved: str,
+            observed: ObservedState, node: str) -> None:
+    """Drain the leader's engine so the group re-forms on its placement: the Ray head
+    stays (the new follower has joined it at the same hash), the old follower leaves once
+    the engine has stopped, and the engine starts again once no member is left on a node
+    no longer placed (fate_sharing.formation_wait)."""
+    spec_drain = w.dep.spec.rollout.drain_timeout_seconds
+    reason = (f"{w.member.replica}: Ray members on nodes no longer placed ({moved}): the "
+              "group re-forms")
+    waiting = retire(work, w.member, reason, proc,
+                     None if spec_drain is None else float(spec_drain), observed, node,
+                     w.placement.leader)
+    if waiting is not None and (w.member.role == "engine"
+                                or w.member.replica not in work.statuses):
+        work.statuses[w.member.replica] = status(w, "Draining", f"{reason}; {waiting}", node,
+                                                 proc)
 
 
 def unwanted_status(member: MemberKey, proc: ProcessObservation, why: str,

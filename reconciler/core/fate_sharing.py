@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from reconciler.core.drain import unplaced_members
 from reconciler.core.launch import mp_multi_node
 from reconciler.core.members import PlanWork, Wanted
 from reconciler.core.vocabulary import (
@@ -68,12 +69,16 @@ def share_fate(
         if member.role == "ray-head" and live(member):
             engine = MemberKey(key, "engine")
             view = observed.ray.get(key)
-            if view is not None and view.lost:
+            # a member lost on a node no longer placed moved off (drain.regroup drained the
+            # engine before it left); Ray keeps it DEAD in the head's table for good
+            placed = {work.addresses.get(n, n) for n in p.nodes}
+            lost = tuple(ip for ip in view.lost if ip in placed) if view is not None else ()
+            if view is not None and lost:
                 # a member that had joined this head died (or was cut off long enough for
                 # the head to declare it dead): the group is broken, start it over
                 reason = (
                     f"{key}: fate sharing: Ray member lost ("
-                    f"{_nodes_at(view.lost, work.addresses)} marked dead by the head); "
+                    f"{_nodes_at(lost, work.addresses)} marked dead by the head); "
                     "restarting the whole replica"
                 )
                 # one failure per teardown: the engine's stop counts it when there is one
@@ -149,14 +154,23 @@ def formation_wait(
             )
             return f"waiting for leader {p.leader}'s engine at hash {w.spec_hash} (leader {seen})"
     if p.multi_node and not w.mp_multi and role == "engine":
-        head_proc = observed.processes.get(MemberKey(key, "ray-head"))
-        if head_proc is None or not head_proc.running or head_proc.spec_hash != w.spec_hash:
+        head = MemberKey(key, "ray-head")
+        head_proc = observed.processes.get(head)
+        # a head this plan stops (the group re-forms at the same hash) is not up: its Ray
+        # view is the old group's
+        if (head_proc is None or not head_proc.running or head_proc.spec_hash != w.spec_hash
+                or head in work.stopping):
             return "waiting for this replica's Ray head to start"
         view = observed.ray.get(key)
         expected = len(p.nodes)
         alive = len(view.alive_nodes) if view else 0
         gpus = view.gpus if view else 0.0
         need_gpus = p.gpus_per_node * expected
+        gone_from = unplaced_members(p, view, work.addresses)
+        if gone_from:
+            # a member moved off (drain.regroup): no rank of the new engine may land there
+            return ("waiting for Ray members on nodes no longer placed to leave: "
+                    + ", ".join(gone_from))
         if alive < expected or gpus < need_gpus:
             reason = f"waiting for Ray members: {alive}/{expected} nodes, {gpus:g}/{need_gpus} GPUs"
             if view is not None:

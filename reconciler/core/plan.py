@@ -106,7 +106,7 @@ def plan(
             waiting = drain.retire(
                 work, member, why, proc, None if spec_drain is None else float(spec_drain),
                 observed, node.name, where.leader if where is not None and where.multi_node
-                else "")
+                else "", leader_drains=drain.leader_drains(proc, where, desired))
             if (waiting is not None and member.role != "surge"
                     and member.replica not in work.statuses):
                 work.statuses[member.replica] = drain.unwanted_status(
@@ -117,6 +117,8 @@ def plan(
                 old=True)
         elif proc.spec_hash != w.spec_hash:
             rollout.replace_old(work, w, proc, observed, placement, node.name)
+        elif (moved := drain.group_moved(w, proc, observed, work.addresses, node.name)):
+            drain.regroup(work, w, proc, moved, observed, node.name)
         else:
             restarts.stop_if_failing(work, w, proc, desired, now, node)
 
@@ -131,6 +133,7 @@ def plan(
         if proc.running
         and m in wanted
         and m not in work.stopping
+        and m not in work.still_draining
         and proc.spec_hash == wanted[m].spec_hash
     )
     assignment, gpu_missing = assign_node_gpus(

@@ -152,3 +152,53 @@ def test_a_follower_waits_for_a_leader_that_has_not_seen_the_delete_yet(world: W
     ((worker_at, _),) = stops(follower, "ray-worker")
     assert engine_at <= worker_at
     assert all(n.rec.refused_transitions == {} for n in world.nodes.values())
+
+
+def test_a_node_drain_moves_a_follower_after_the_leader_engine_drained(world: World) -> None:
+    """The Cluster marks a follower's node `drain: true`: the replica is placed without
+    it; the leader drains its engine first (it sees a Ray member on a node no longer
+    placed, or it moved too), the old follower's worker stays until then, and the
+    replica forms again on the new placement."""
+    world.source.commit({"cluster.yaml": CLUSTER,
+                         "mn.yaml": deployment_yaml("mn", nodes=list(NAMES), pipeline=2,
+                                                    port=8000, drain_s=DRAIN_S)})
+    world.add_nodes()
+
+    def leader_of() -> list[str]:
+        reps = [r for n in world.nodes.values() if (r := n.replica()) is not None
+                and r["role"] == "leader"]
+        return list(reps[0]["nodes"]) if len(reps) == 1 else []
+
+    world.until("Ready", lambda: (o := leader_of()) != [] and world.ready_everywhere(o))
+    old_leader, old_follower = (world.nodes[n] for n in leader_of())
+    old_engine = old_leader.running("engine")
+    name = old_follower.name
+    drained = CLUSTER.replace(f"    - name: {name}\n", f"    - name: {name}\n      drain: true\n")
+    assert drained != CLUSTER
+    world.source.commit({"cluster.yaml": drained})
+    states: list[str] = []
+
+    def moved() -> bool:
+        if states[-1:] != [old_leader.state()]:
+            states.append(old_leader.state())
+        if old_leader.running("engine") == old_engine and old_follower.running(
+                "ray-worker") is None:
+            raise AssertionError(f"the old follower left while the engine ran: {states}")
+        new = [n for n in NAMES if n != name]
+        return world.ready_everywhere(new) and all(
+            set(world.nodes[n].replica()["nodes"]) == set(new)  # type: ignore[index]
+            for n in new)
+
+    world.until("Ready again without the drained node", moved, rounds=30)
+    assert "Draining" in states, states
+    (engine_at, grace), *_ = stops(old_leader, "engine")
+    assert grace == GRACE_S + DRAIN_S
+    ((worker_at, _),) = stops(old_follower, "ray-worker")
+    assert engine_at <= worker_at <= engine_at + 2.0
+    # re-formed on purpose, not as a failure: no restart counted, no backoff; where the
+    # leader stayed, its Ray head (which the new follower joined) stayed too
+    assert old_leader.rec.restarts_total.get("mn", 0) == 0
+    if old_leader.name in leader_of():
+        assert stops(old_leader, "ray-head") == [], states
+        assert states == ["Draining", "Pending", "Starting", "Ready"], states
+    assert all(n.rec.refused_transitions == {} for n in world.nodes.values())

@@ -283,3 +283,58 @@ def test_every_state_change_of_a_multi_node_drain_is_in_the_lifecycle_table() ->
                  ) == ["Ready", "Draining", "-"]
     assert _walk([(FOLLOWER, want, f), (FOLLOWER, desired(C, NEW), f),
                   (FOLLOWER, desired(C, NEW), f_new)]) == ["Ready", "Draining", "Starting"]
+
+
+MOVED = RayView((IP[LEADER], IP[FOLLOWER], "198.18.0.99"), 24.0)  # .99: no longer placed
+
+
+def test_a_leader_whose_group_has_a_member_no_longer_placed_drains_and_re_forms() -> None:
+    """A follower moved off (its node drained): the leader drains its engine, keeps its
+    head, and starts the engine again once the old member left; no failure counted."""
+    obs = observed(LEADER, gpus(8), head(), engine(), ray={KEY: MOVED})
+    p1 = plan(desired(C, D), obs, EMPTY, 10.0, ctx(LEADER))
+    assert kinds(p1) == ["Drain:r1/0/engine"]
+    st = p1.replicas[KEY]
+    assert st.state == "Draining" and "198.18.0.99" in st.reason
+    p2 = plan(desired(C, D), obs, EMPTY, 10.0 + DRAIN_ANNOUNCE_S, ctx(LEADER),
+              draining=p1.draining)
+    # the head stays: the new follower has joined it at the same hash
+    assert kinds(p2) == ["Stop:r1/0/engine"]
+    stop = p2.actions[0]
+    assert isinstance(stop, Stop) and not stop.failure and stop.drain_s == DRAIN_S
+    # the engine waits while the old member is still in the Ray cluster...
+    obs = observed(LEADER, gpus(8), head(), ray={KEY: MOVED})
+    p3 = plan(desired(C, D), obs, EMPTY, 14.0, ctx(LEADER))
+    assert kinds(p3) == [] and "no longer placed to leave: 198.18.0.99" in p3.replicas[
+        KEY].reason
+    # ...and starts once it left (Ray keeps it DEAD: no loss of this group, no failure)
+    left = RayView((IP[LEADER], IP[FOLLOWER]), 16.0, lost=("198.18.0.99",))
+    obs = observed(LEADER, gpus(8), head(), ray={KEY: left})
+    assert kinds(plan(desired(C, D), obs, EMPTY, 15.0, ctx(LEADER))) == ["Start:r1/0/engine"]
+    # without a drain timeout nothing changes: the old follower leaves at once and fate
+    # sharing restarts the group, as before
+    h_plain = spec_hash(C, dep(drain=False))
+    plain = observed(LEADER, gpus(8), head(h_plain, drain=None), engine(h_plain, drain=None),
+                     ray={KEY: MOVED})
+    assert kinds(plan(desired(C, dep(drain=False)), plain, EMPTY, 10.0, ctx(LEADER))) == [
+        "MarkReady:r1/0"]  # serving on
+
+
+def test_a_follower_moved_off_waits_for_the_leader_at_most_the_bound() -> None:
+    """Only this node left the replica: its leader's revision gives the leader no reason
+    to drain, so a leader that serves on does not reset the follower's clock."""
+    outsider = next(n for n in ("n0", "n1", "n2") if n not in (LEADER, FOLLOWER))
+    moved = deployment("r1", parallelism={"tensor": 8, "pipeline": 2},
+                       engine={"maxModelLen": 1024}, rollout={"drainTimeoutSeconds": 20},
+                       placement={"nodes": [LEADER, outsider]})
+    want = desired(C, moved)
+    assert spec_hash(C, moved) == H  # a move, not a spec change
+    where = place(want).replicas[KEY]
+    assert FOLLOWER not in where.nodes and where.leader == LEADER
+    w_key = MemberKey(KEY, "ray-worker")
+    serving = leads(H, draining=False)
+    p = on_follower(want, 50.0, worker(), peers=serving)
+    assert [k for k in kinds(p) if "r1" in k] == [] and p.draining == {w_key: 50.0}
+    p = on_follower(want, 50.0 + hold_bound(DRAIN_S), worker(), peers=serving,
+                    draining=p.draining)
+    assert [k for k in kinds(p) if "r1" in k] == ["Stop:r1/0/ray-worker"]

@@ -42,8 +42,9 @@ def test_multi_node_leader_starts_the_head_then_the_engine_with_ray_address() ->
     assert head.launch.env["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4,5,6,7"
     assert head.launch.env["VLLM_HOST_IP"] == argv[argv.index("--node-ip-address") + 1]
     # all members in: start vLLM with the Ray executor and RAY_ADDRESS
-    p = plan(WANT, observed(LEADER, gpus(8), HEAD, ray={KEY: RayView(("a", "b"), 16)}), EMPTY,
-             2.0, ctx(LEADER))
+    # (the members are the placed nodes' addresses: one elsewhere would be waited out)
+    both = RayView(("198.18.0.10", "198.18.0.11"), 16)
+    p = plan(WANT, observed(LEADER, gpus(8), HEAD, ray={KEY: both}), EMPTY, 2.0, ctx(LEADER))
     assert kinds(p) == ["Start:r1/0/engine"]
     eng = p.actions[0]
     assert isinstance(eng, Start)
@@ -99,7 +100,7 @@ DOWN = {KEY: PeerReplica(H, ready=False, head_up=False)}
     ("where", "obs", "expected", "first_reason"),
     [
         pytest.param(LEADER, observed(LEADER, gpus(8), HEAD, ENGINE,
-                                      ray={KEY: RayView(("a", "b"), 16)}),
+                                      ray={KEY: RayView(("198.18.0.10", "198.18.0.11"), 16)}),
                      ["MarkReady:r1/0"], None, id="whole-group-serves"),
         pytest.param(LEADER, observed(LEADER, gpus(8), HEAD, ENGINE, ray={KEY: RayView(("a",), 8)}),
                      ["Stop:r1/0/engine", "Stop:r1/0/ray-head"], "1/2 nodes alive",
