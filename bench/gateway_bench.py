@@ -3,18 +3,23 @@
 1. Time to first token through the gateway vs straight to the engine: real vLLM on the CPU
    with the tiny model (`--engine vllm`, the default when the engine environment exists)
    or the stand-in engine (`--engine stand-in`, 20 ms to first token). Requests alternate
-   between the two paths, one at a time, `--requests` each.
+   between the two paths, one at a time and `--gap-ms` apart, each path over one kept-alive
+   connection, `--requests` each, for a short and a long prompt; `--wire` adds where the
+   gateway's share goes, read off the loopback wire with tcpdump (bench/wire_capture.py).
 2. `--concurrent` (1,000) streaming requests at once through the gateway against the fast
    stand-in engine (testrigs/engines/stream_engine.py: 16 chunks 20 ms apart): errors,
    wall time, and the gateway process's CPU seconds and peak RSS.
 
-Run: .venv/bin/python bench/gateway_bench.py [--requests 100] [--concurrent 1000]
+Run: .venv/bin/python bench/gateway_bench.py [--requests 100] [--wire] [--concurrent 1000]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import http.client
+import json
 import os
 import signal
 import statistics
@@ -26,6 +31,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import wire_capture
 
 from reconciler.ports.openai_client import chat
 from testrigs.gateway_rig import (
@@ -53,27 +59,90 @@ def rss_mib(pid: int) -> float:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 2**20
 
 
-def start_vllm(tmp: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+def start_vllm(tmp: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int, str]:
     from reconciler.demo.tinymodel import make_tiny_model
 
     model = make_tiny_model(tmp / "model")
     port = free_port()
     env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1",
            "VLLM_CPU_OMP_THREADS_BIND": "nobind", "HF_HUB_OFFLINE": "1",
-           "VLLM_NO_USAGE_STATS": "1"}
+           "VLLM_NO_USAGE_STATS": "1", **extra_env}
     log = (tmp / "vllm.log").open("wb")
     proc = subprocess.Popen(
         [str(ENGINE_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
          "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port),
-         "--max-model-len", "512", "--enforce-eager"],
+         "--max-model-len", "2048", "--enforce-eager"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     wait_port("127.0.0.1", port, timeout=600)
     return proc, port, "tiny"
 
 
-def ttft_table(tmp: Path, engine: str, n: int) -> None:
+# the short prompt is the worst case for the ratio (the smallest TTFT to compare against);
+# the long one (~500 tokens of the tiny model's vocabulary) is closer to a real chat turn
+PROMPTS = {"short": "hello there", "long": " ".join(f"word{i}" for i in range(150))}
+
+
+class KeepAliveClient:
+    """One persistent HTTP/1.1 connection, as OpenAI's SDKs keep one: what is compared is
+    then the gateway's hop, not a TCP connection set up per request on one path only."""
+
+    def __init__(self, base_url: str) -> None:
+        host, port = base_url.removeprefix("http://").rsplit(":", 1)
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=120)
+
+    def ttft_ms(self, model: str, prompt: str) -> float | None:
+        """Time to the first non-empty content delta; None when the answer had none."""
+        body = json.dumps({"model": model, "stream": True, "max_tokens": 8,
+                           "temperature": 0.0,
+                           "messages": [{"role": "user", "content": prompt}]})
+        t0 = time.perf_counter()
+        self.conn.request("POST", "/v1/chat/completions", body=body,
+                          headers={"Content-Type": "application/json"})
+        resp = self.conn.getresponse()
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:300]!r}")
+        ttft = None
+        for raw in resp:
+            line = raw.strip()
+            if ttft is None and line.startswith(b"data: {"):
+                for choice in json.loads(line[6:]).get("choices") or []:
+                    if (choice.get("delta") or {}).get("content"):
+                        ttft = (time.perf_counter() - t0) * 1000
+        resp.read()  # to the end, so the connection is reused
+        return ttft
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _measure(direct_url: str, gw_url: str, model: str, prompt: str, n: int,
+             gap_s: float) -> tuple[list[float], list[float], int]:
+    direct: list[float] = []
+    via: list[float] = []
+    empty = 0
+    clients = (("direct", KeepAliveClient(direct_url), direct),
+               ("gateway", KeepAliveClient(gw_url), via))
+    try:
+        for i in range(n):
+            for path, client, out in clients:
+                # a new prompt each time, different from the first token on: a repeated
+                # prefix is answered from vLLM's prefix cache
+                ms = client.ttft_ms(model, f"{path} {i} {prompt}")
+                if ms is None:
+                    empty += 1  # the random-weight model answered no text at all
+                else:
+                    out.append(ms)
+                time.sleep(gap_s)
+    finally:
+        for _, client, _ in clients:
+            client.close()
+    return direct, via, empty
+
+
+def ttft_table(tmp: Path, engine: str, n: int, gap_ms: float, engine_env: dict[str, str],
+               wire: bool) -> None:
     if engine == "vllm":
-        proc, port, model = start_vllm(tmp)
+        proc, port, model = start_vllm(tmp, engine_env)
 
         def stop() -> None:
             # the whole session: vLLM's EngineCore and workers outlive a killed API server
@@ -91,21 +160,37 @@ def ttft_table(tmp: Path, engine: str, n: int) -> None:
         for base in (direct_url, gw_url):  # warm-up (first-request compilation, pools)
             for _ in range(3):
                 chat(base, model, "hello", timeout=120, max_tokens=4)
-        direct: list[float] = []
-        via: list[float] = []
-        for _ in range(n):
-            for base, out in ((direct_url, direct), (gw_url, via)):
-                r = chat(base, model, "hello there", timeout=120, max_tokens=4)
-                assert r.ttft_s is not None
-                out.append(r.ttft_s * 1000)
-        md, mg = statistics.median(direct), statistics.median(via)
-        q = lambda xs: statistics.quantiles(xs, n=10)[-1]  # noqa: E731
-        print(f"\nTime to first token, {engine} engine, {n} requests per path, one at a time\n")
-        print("| path | median ms | p90 ms |")
-        print("|---|---:|---:|")
-        print(f"| direct to the engine | {md:.2f} | {q(direct):.2f} |")
-        print(f"| through the gateway | {mg:.2f} | {q(via):.2f} |")
-        print(f"\nratio of medians {mg / md:.3f}; added at the median {mg - md:.2f} ms")
+        env = " ".join(f"{k}={v}" for k, v in engine_env.items()) or "default env"
+        print(f"\nTime to first token, {engine} engine ({env}), {n} requests per path and "
+              f"prompt, alternating, {gap_ms:g} ms apart\n")
+        print("| prompt | direct median ms | via gateway median ms | added ms | ratio | "
+              "direct p90 | via p90 | answers without text |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        parts: list[str] = []
+        for name, prompt in PROMPTS.items():
+            pcap = tmp / f"{name}.pcap"
+            with (wire_capture.capture(pcap, (port, g.port)) if wire
+                  else contextlib.nullcontext()):
+                direct, via, empty = _measure(direct_url, gw_url, model, prompt, n,
+                                              gap_ms / 1000)
+            md, mg = statistics.median(direct), statistics.median(via)
+            q = lambda xs: statistics.quantiles(xs, n=10)[-1]  # noqa: E731
+            print(f"| {name} | {md:.2f} | {mg:.2f} | {mg - md:+.2f} | {mg / md:.3f} | "
+                  f"{q(direct):.2f} | {q(via):.2f} | {empty} |")
+            if wire:
+                m = wire_capture.breakdown(wire_capture.read_pcap(pcap), port, g.port).medians()
+                parts.append(
+                    f"| {name} | {m.get('inbound_ms', float('nan')):.3f} | "
+                    f"{m.get('relay_ms', float('nan')):.3f} | "
+                    f"{m.get('engine_direct_ms', float('nan')):.2f} | "
+                    f"{m.get('engine_behind_gateway_ms', float('nan')):.2f} |")
+        if parts:
+            print("\nOn the wire (tcpdump on lo, medians): the gateway's own share\n")
+            print("| prompt | gateway inbound ms (client POST -> engine POST) | relay ms "
+                  "(engine's first token -> client) | engine ms, direct | engine ms, "
+                  "behind the gateway |")
+            print("|---|---:|---:|---:|---:|")
+            print("\n".join(parts))
     finally:
         g.stop()
         status.close()
@@ -182,11 +267,22 @@ def main() -> None:
     p.add_argument("--engine", choices=["vllm", "stand-in"],
                    default="vllm" if ENGINE_PY.exists() else "stand-in")
     p.add_argument("--requests", type=int, default=100)
+    p.add_argument("--gap-ms", type=float, default=50.0,
+                   help="pause after each request (default 50): back to back, vLLM's "
+                        "post-request work on a 2-core machine overlaps the next request")
+    p.add_argument("--engine-env", action="append", default=[], metavar="K=V",
+                   help="extra environment for vLLM, e.g. OMP_WAIT_POLICY=PASSIVE")
+    p.add_argument("--wire", action="store_true",
+                   help="also split the gateway's share off the loopback wire (tcpdump)")
     p.add_argument("--concurrent", type=int, default=1000)
     args = p.parse_args()
+    if args.wire and not wire_capture.available():
+        p.error("--wire needs tcpdump (apt-get install tcpdump) and root")
+    engine_env = dict(kv.split("=", 1) for kv in args.engine_env)
     with tempfile.TemporaryDirectory(prefix="gwbench-") as tmp:
         if args.requests:
-            ttft_table(Path(tmp), args.engine, args.requests)
+            ttft_table(Path(tmp), args.engine, args.requests, args.gap_ms, engine_env,
+                       args.wire)
         if args.concurrent:
             concurrency_table(Path(tmp), args.concurrent)
 

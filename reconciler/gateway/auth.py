@@ -80,7 +80,11 @@ class KeyRing:
         return AuthDecision(200, key=found)
 
     def authorize(self, authorization: str | None, model: str) -> AuthDecision:
-        who = self.identify(authorization)
+        return self.may_use(self.identify(authorization), model)
+
+    @staticmethod
+    def may_use(who: AuthDecision, model: str) -> AuthDecision:
+        """`who` (from identify) narrowed to one model: 403 when its key may not use it."""
         if not who.ok or who.key is None or who.key.allows(model):
             return who
         return AuthDecision(403, f"This API key may not use the model {model!r}.", who.key)
