@@ -253,7 +253,7 @@ def test_5_delete_drains_the_leader_engine_first_leaves_nothing_and_spares_the_o
     t0 = time.monotonic()
     mn.push({"a.yaml": None}, "delete mn-a")
     states: list[str] = []
-    samples = 0
+    samples, last, gap = 0, 0.0, 0.0
     engine_gone_at = worker_gone_at = None
     while time.monotonic() - t0 < 90:
         r = mn.replica(leader, A)
@@ -264,6 +264,7 @@ def test_5_delete_drains_the_leader_engine_first_leaves_nothing_and_spares_the_o
         worker = bool(mn.marked_processes(f"{A}.0.ray-worker"))
         samples += 1
         now = time.monotonic() - t0
+        gap, last = max(gap, now - last), now
         if not engine and engine_gone_at is None:
             engine_gone_at = now
         if not worker and worker_gone_at is None:
@@ -271,13 +272,16 @@ def test_5_delete_drains_the_leader_engine_first_leaves_nothing_and_spares_the_o
         # the follower's Ray worker never goes while the leader's engine runs
         assert worker or not engine, (now, states, mn.logs())
         if not mn.marked_processes(f"{A}.0."):
+            # (everything may have gone between the samples above and this look)
+            engine_gone_at = engine_gone_at or time.monotonic() - t0
+            worker_gone_at = worker_gone_at or time.monotonic() - t0
             break
         time.sleep(0.1)
     else:
         raise AssertionError(f"mn-a not gone: {states}\n{mn.logs()}")
     print(f"mn-a gone everywhere {time.monotonic() - t0:.1f} s after the push; leader's "
           f"states {' -> '.join(states)}; engine gone at {engine_gone_at:.1f} s, follower's "
-          f"worker at {worker_gone_at:.1f} s ({samples} samples)")
+          f"worker at {worker_gone_at:.1f} s ({samples} samples, at most {gap:.2f} s apart)")
     assert "Draining" in states and states.index("Draining") < states.index("-"), states
     assert engine_gone_at is not None and worker_gone_at is not None
     assert worker_gone_at >= engine_gone_at
