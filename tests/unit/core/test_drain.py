@@ -1,7 +1,9 @@
 """Draining before a stop (rollout.drainTimeoutSeconds): the replica is announced
 Draining first (gateways drop it from their tables), the engine gets SIGTERM
 DRAIN_ANNOUNCE_S later with the drain timeout added to its stop grace, and vLLM is
-launched with --shutdown-timeout so it finishes the requests in flight."""
+launched with --shutdown-timeout so it finishes the requests in flight. A deleted
+deployment drains too: the engine knows its drain from how it was launched.
+Multi-node replicas: test_drain_multinode.py."""
 
 from __future__ import annotations
 

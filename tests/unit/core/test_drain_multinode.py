@@ -93,14 +93,21 @@ def on_follower(want: Any, now: float, *procs: ProcessObservation,
 DELETED = desired(C, OTHER)
 
 
-def test_a_deleted_replica_drains_on_its_leader_engine_first_then_the_head() -> None:
-    p1 = on_leader(DELETED, 100.0, head(), engine())
+@pytest.mark.parametrize("gone", ["deleted", "suspended", "scaled in"])
+def test_a_replica_no_longer_wanted_drains_on_its_leader_engine_first_then_the_head(
+        gone: str) -> None:
+    want = {"deleted": DELETED,
+            "suspended": desired(C, OTHER, deployment(
+                "r1", parallelism={"tensor": 8, "pipeline": 2}, suspend=True)),
+            "scaled in": desired(C, OTHER, deployment(
+                "r1", parallelism={"tensor": 8, "pipeline": 2}, replicas=0))}[gone]
+    p1 = on_leader(want, 100.0, head(), engine())
     assert [k for k in kinds(p1) if "r1" in k] == ["Drain:r1/0/engine"]
     st = p1.replicas[KEY]
     # what the followers and the gateways read: the leader's replica Draining
     assert (st.state, st.role, st.nodes[0], st.spec_hash) == ("Draining", "leader", LEADER, H)
     assert set(p1.draining) == {MemberKey(KEY, "engine"), MemberKey(KEY, "ray-head")}
-    p2 = on_leader(DELETED, 100.0 + DRAIN_ANNOUNCE_S, head(), engine(), draining=p1.draining)
+    p2 = on_leader(want, 100.0 + DRAIN_ANNOUNCE_S, head(), engine(), draining=p1.draining)
     # SIGTERM to the engine with its drain; the head after it, in this order (apply stops
     # synchronously in plan order, so the engine has drained before the head goes)
     assert [k for k in kinds(p2) if "r1" in k] == ["Stop:r1/0/engine", "Stop:r1/0/ray-head"]
