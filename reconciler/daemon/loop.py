@@ -10,7 +10,10 @@ Threads and who may do what:
 - **reconcile worker** (one): the only thread that fetches, ticks (observe, plan, apply),
   reloads the node config and pings the systemd watchdog. Sync and tick therefore never
   run concurrently. After each iteration it publishes a snapshot (status document,
-  metrics, sd_notify line: reconciler.daemon.publish).
+  metrics, sd_notify line: reconciler.daemon.publish). While a drain is pending (a stop
+  announced, or a follower waiting for its leader's engine) it ticks every
+  DRAIN_RECHECK_S on its own, so the SIGTERM follows the announce by seconds, not by a
+  resync interval.
 - **scheduler** (apscheduler BackgroundScheduler): a fetch job every poll interval and a
   resync job every resync interval, each with jitter. Jobs only set flags and wake the
   worker.
@@ -67,6 +70,8 @@ from schemas.nodeconfig import NodeConfig
 from schemas.status import NodeStatus
 
 log = logging.getLogger(__name__)
+# while a drain is pending, ticks come this often (else: events and the resync timer)
+DRAIN_RECHECK_S = 1.0
 
 WEDGE_ENV = "RECONCILER_TEST_WEDGE_FILE"
 
@@ -273,7 +278,12 @@ class Daemon:
 
     def _wait_timeout(self) -> float | None:
         wd = self.notifier.watchdog_s if self.notifier.enabled else None
-        return wd / 2 if wd else None
+        timeout = wd / 2 if wd else None
+        if self.reconciler.draining:
+            # a drain is being announced, or a member waits for its leader's engine to
+            # drain (core/drain.py): look again each second, not at the next resync
+            timeout = min(timeout or DRAIN_RECHECK_S, DRAIN_RECHECK_S)
+        return timeout
 
     def _test_wedge(self) -> None:
         path = os.environ.get(WEDGE_ENV)
@@ -291,7 +301,8 @@ class Daemon:
             self._test_wedge()
             if not woke:
                 self._beat()  # idle: the loop is alive
-                continue
+                if not self.reconciler.draining:
+                    continue
             self._wake.clear()
             try:
                 self.iterate()

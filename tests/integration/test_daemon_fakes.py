@@ -18,6 +18,7 @@ import jsonschema
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from reconciler.core.members import DRAIN_ANNOUNCE_S
 from reconciler.core.vocabulary import MemberKey, ReplicaKey
 from reconciler.daemon.loop import Daemon
 from reconciler.daemon.sdnotify import Notifier
@@ -292,6 +293,37 @@ def test_threaded_daemon_webhook_status_metrics_and_engine_exit(rig: Rig) -> Non
     d.shutdown()
     assert rig.procs.stop_count() == 0, "engines are left running at exit"
     assert rig.procs.process(CHAT) is not None
+
+
+def test_a_pending_drain_ticks_on_its_own_not_at_the_next_resync(tmp_path: Path) -> None:
+    """A delete with drainTimeoutSeconds, the resync timer 10 minutes away: the daemon
+    announces the drain and stops the engine DRAIN_ANNOUNCE_S later by itself."""
+    r = Rig(tmp_path)
+    r.config = r.config.model_copy(update={"resync_interval_seconds": 600.0})
+    r.daemon.shutdown()
+    r.daemon = Daemon(r.config, ports_override=DaemonPorts(
+        source=r.source, gpus=r.gpus, processes=r.procs))
+    drained = deployment("chat", 8000) + "  rollout: {drainTimeoutSeconds: 5}\n"
+    r.source.commit({"chat.yaml": drained}, subject="chat drains")
+    d = r.daemon
+    try:
+        d.start()
+        wait_for(lambda: r.procs.start_count(CHAT) == 1)
+        r.procs.set_health(CHAT, "ready")
+        d.request_fetch("test")
+        wait_for(lambda: any(x["state"] == "Ready" for x in d.status()["replicas"]))
+        r.source.commit({"chat.yaml": None}, subject="delete chat")
+        d.request_fetch("webhook")
+        wait_for(lambda: any(x["state"] == "Draining" for x in d.status()["replicas"]))
+        announced = time.monotonic()
+        wait_for(lambda: r.procs.stop_count(CHAT) == 1, timeout=DRAIN_ANNOUNCE_S + 3.0)
+        assert time.monotonic() - announced >= DRAIN_ANNOUNCE_S - 0.5
+        ((_, member, grace),) = r.procs.stop_log
+        assert member == CHAT and grace == r.config.engine.stop_grace_period_seconds + 5
+    finally:
+        d.stop()
+        d.shutdown()
+        r.source.close()
 
 
 def test_slow_engine_start_does_not_block_status(tmp_path: Path) -> None:
