@@ -22,7 +22,6 @@ drains; where a member predates that record, the deployment's setting is used.
   without Draining has not seen the change yet (nodes fetch a revision up to a poll
   interval apart, and a leader whose source fails keeps its last good revision): its
   replica still serves on this member, which stays, and the bound starts with its drain.
-
 - A follower moved off a Ray replica whose leader stays (its node drained, say): the
   leader sees a Ray member on a node no longer placed and drains its engine
   (`group_moved`, `regroup`), keeping its head; the old follower waits for that like
@@ -101,7 +100,7 @@ def retire(work: PlanWork, member: MemberKey, reason: str, proc: ProcessObservat
         work.still_draining[member] = work.now
         return f"kept while leader {leader}'s engine still serves (it has not begun to drain)"
     if peer is not None and peer.engine_hash == proc.spec_hash:
-        why = f"kept while leader {leader}'s engine drains"
+        why = f"kept while leader {leader}'s engine {'drains' if peer.draining else 'runs'}"
     elif peer is None and leader not in observed.peers_answered:
         why = f"kept until leader {leader}'s engine has drained (leader not answering)"
     else:
