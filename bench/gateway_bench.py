@@ -71,7 +71,7 @@ def start_vllm(tmp: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen[b
     proc = subprocess.Popen(
         [str(ENGINE_PY), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
          "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port),
-         "--max-model-len", "2048", "--enforce-eager"],
+         "--max-model-len", "2048", "--enforce-eager", "--no-enable-prefix-caching"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     wait_port("127.0.0.1", port, timeout=600)
     return proc, port, "tiny"
@@ -120,21 +120,22 @@ def _measure(direct_url: str, gw_url: str, model: str, prompt: str, n: int,
     direct: list[float] = []
     via: list[float] = []
     empty = 0
-    clients = (("direct", KeepAliveClient(direct_url), direct),
-               ("gateway", KeepAliveClient(gw_url), via))
+    clients = ((KeepAliveClient(direct_url), direct), (KeepAliveClient(gw_url), via))
     try:
         for i in range(n):
-            for path, client, out in clients:
-                # a new prompt each time, different from the first token on: a repeated
-                # prefix is answered from vLLM's prefix cache
-                ms = client.ttft_ms(model, f"{path} {i} {prompt}")
+            for client, out in clients:
+                # the same prompt on both paths (greedy decoding: the same answer, so the
+                # first token with text comes at the same step; a prompt naming its path
+                # changed the answer and moved TTFT by ms); vLLM runs without its prefix
+                # cache, which would answer the second path's copy from the first's
+                ms = client.ttft_ms(model, f"{i} {prompt}")
                 if ms is None:
                     empty += 1  # the random-weight model answered no text at all
                 else:
                     out.append(ms)
                 time.sleep(gap_s)
     finally:
-        for _, client, _ in clients:
+        for client, _ in clients:
             client.close()
     return direct, via, empty
 
