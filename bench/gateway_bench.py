@@ -59,10 +59,11 @@ def rss_mib(pid: int) -> float:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 2**20
 
 
-def start_vllm(tmp: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int, str]:
+def start_vllm(tmp: Path, extra_env: dict[str, str],
+               model_dir: Path | None) -> tuple[subprocess.Popen[bytes], int, str]:
     from reconciler.demo.tinymodel import make_tiny_model
 
-    model = make_tiny_model(tmp / "model")
+    model = model_dir or make_tiny_model(tmp / "model")
     port = free_port()
     env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1",
            "VLLM_CPU_OMP_THREADS_BIND": "nobind", "HF_HUB_OFFLINE": "1",
@@ -141,9 +142,9 @@ def _measure(direct_url: str, gw_url: str, model: str, prompt: str, n: int,
 
 
 def ttft_table(tmp: Path, engine: str, n: int, gap_ms: float, engine_env: dict[str, str],
-               wire: bool) -> None:
+               wire: bool, model_dir: Path | None) -> None:
     if engine == "vllm":
-        proc, port, model = start_vllm(tmp, engine_env)
+        proc, port, model = start_vllm(tmp, engine_env, model_dir)
 
         def stop() -> None:
             # the whole session: vLLM's EngineCore and workers outlive a killed API server
@@ -162,7 +163,8 @@ def ttft_table(tmp: Path, engine: str, n: int, gap_ms: float, engine_env: dict[s
             for _ in range(3):
                 chat(base, model, "hello", timeout=120, max_tokens=4)
         env = " ".join(f"{k}={v}" for k, v in engine_env.items()) or "default env"
-        print(f"\nTime to first token, {engine} engine ({env}), {n} requests per path and "
+        what = model_dir.name if model_dir else "tiny random-weight Llama"
+        print(f"\nTime to first token, {engine} engine, {what} ({env}), {n} requests per path and "
               f"prompt, alternating, {gap_ms:g} ms apart\n")
         print("| prompt | direct median ms | via gateway median ms | added ms | ratio | "
               "direct p90 | via p90 | answers without text |")
@@ -180,17 +182,19 @@ def ttft_table(tmp: Path, engine: str, n: int, gap_ms: float, engine_env: dict[s
                   f"{q(direct):.2f} | {q(via):.2f} | {empty} |")
             if wire:
                 m = wire_capture.breakdown(wire_capture.read_pcap(pcap), port, g.port).medians()
+                nan = float("nan")
+                hop = m.get("inbound_ms", nan) + m.get("relay_ms", nan)
+                engine_ms = m.get("engine_direct_ms", nan)
                 parts.append(
-                    f"| {name} | {m.get('inbound_ms', float('nan')):.3f} | "
-                    f"{m.get('relay_ms', float('nan')):.3f} | "
-                    f"{m.get('engine_direct_ms', float('nan')):.2f} | "
-                    f"{m.get('engine_behind_gateway_ms', float('nan')):.2f} |")
+                    f"| {name} | {m.get('inbound_ms', nan):.3f} | {m.get('relay_ms', nan):.3f} | "
+                    f"{engine_ms:.2f} | {m.get('engine_behind_gateway_ms', nan):.2f} | "
+                    f"{(engine_ms + hop) / engine_ms:.3f} |")
         if parts:
             print("\nOn the wire (tcpdump on lo, medians): the gateway's own share\n")
             print("| prompt | gateway inbound ms (client POST -> engine POST) | relay ms "
                   "(engine's first token -> client) | engine ms, direct | engine ms, "
-                  "behind the gateway |")
-            print("|---|---:|---:|---:|---:|")
+                  "behind the gateway | hop ratio (engine + inbound + relay) / engine |")
+            print("|---|---:|---:|---:|---:|---:|")
             print("\n".join(parts))
     finally:
         g.stop()
@@ -273,6 +277,9 @@ def main() -> None:
                         "post-request work on a 2-core machine overlaps the next request")
     p.add_argument("--engine-env", action="append", default=[], metavar="K=V",
                    help="extra environment for vLLM, e.g. OMP_WAIT_POLICY=PASSIVE")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="a prepared model to serve instead of the tiny random-weight one, "
+                        "e.g. the demo's SmolLM2 (scripts/prepare-model.sh prints where)")
     p.add_argument("--wire", action="store_true",
                    help="also split the gateway's share off the loopback wire (tcpdump)")
     p.add_argument("--concurrent", type=int, default=1000)
@@ -283,7 +290,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gwbench-") as tmp:
         if args.requests:
             ttft_table(Path(tmp), args.engine, args.requests, args.gap_ms, engine_env,
-                       args.wire)
+                       args.wire, args.model_dir)
         if args.concurrent:
             concurrency_table(Path(tmp), args.concurrent)
 
