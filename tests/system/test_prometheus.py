@@ -362,6 +362,12 @@ def dashboard_queries() -> list[tuple[str, str]]:
 def test_every_dashboard_expression_evaluates(rig: Rig) -> None:
     queries = dashboard_queries()
     assert len(queries) > 20
+    # rate() needs two samples of a series: vLLM's generation counter may have been scraped
+    # once since the last test's chat (a clean-clone CI run found the panel empty), so wait
+    # for the second scrape (1 s apart) before reading every panel once
+    wait_until(lambda: bool(rig.vector(
+        'sum by (deployment) (rate(vllm:generation_tokens_total{job="vllm"}[5m]))')),
+        20, "a rate over two scrapes of vllm:generation_tokens_total")
     errors = []
     empty = []
     for title, expr in queries:
@@ -371,7 +377,7 @@ def test_every_dashboard_expression_evaluates(rig: Rig) -> None:
         elif not ans["data"]["result"]:
             empty.append(title)
     assert errors == []
-    # the engine panels have data by deployment (rate() needs two scrapes: there are many)
+    # the engine panels have data by deployment
     for title in ("Requests running", "Requests waiting", "KV cache usage (fullest engine)",
                   "Generation throughput (tokens/s)", "Engines scraped / discovered",
                   "Nodes Ready", "Replicas by state"):
