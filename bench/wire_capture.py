@@ -72,31 +72,37 @@ def read_pcap(path: Path) -> list[Segment]:
     return out
 
 
-def _first(segments: list[Segment], start: int, sport: int) -> Segment | None:
-    for s in segments[start:]:
-        if s.sport == sport and _CONTENT.search(s.payload):
-            return s
+def _first(segments: list[Segment], start: int, sport: int) -> int | None:
+    """Index of the first segment from `start` on that `sport` sent with token text."""
+    for i in range(start, len(segments)):
+        if segments[i].sport == sport and _CONTENT.search(segments[i].payload):
+            return i
     return None
 
 
 def breakdown(segments: list[Segment], engine_port: int, gateway_port: int) -> Breakdown:
     out = Breakdown()
+    client_post: float | None = None  # the last client POST to the gateway so far
     for i, s in enumerate(segments):
-        if not s.payload.startswith(b"POST") or s.dport != engine_port:
+        if not s.payload.startswith(b"POST"):
+            continue
+        if s.dport == gateway_port:
+            client_post = s.t
+            continue
+        if s.dport != engine_port:
             continue
         token = _first(segments, i, engine_port)
         if token is None:
             continue
-        client = [c for c in segments[:i] if c.dport == gateway_port
-                  and c.payload.startswith(b"POST") and 0 <= s.t - c.t < _MATCH_S]
-        if not client:
-            out.engine_direct_ms.append((token.t - s.t) * 1e3)
+        t_token = segments[token].t
+        if client_post is None or not 0 <= s.t - client_post < _MATCH_S:
+            out.engine_direct_ms.append((t_token - s.t) * 1e3)
             continue
-        relayed = _first(segments, segments.index(token), gateway_port)
-        out.inbound_ms.append((s.t - client[-1].t) * 1e3)
-        out.engine_behind_gateway_ms.append((token.t - s.t) * 1e3)
+        relayed = _first(segments, token, gateway_port)
+        out.inbound_ms.append((s.t - client_post) * 1e3)
+        out.engine_behind_gateway_ms.append((t_token - s.t) * 1e3)
         if relayed is not None:
-            out.relay_ms.append((relayed.t - token.t) * 1e3)
+            out.relay_ms.append((segments[relayed].t - t_token) * 1e3)
     return out
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from reconciler.core.launch import drain_seconds
 from reconciler.core.members import DRAIN_ANNOUNCE_S, PlanWork, Wanted, status
 from reconciler.core.spec_hash import spec_hash
 from reconciler.core.vocabulary import (
@@ -132,12 +133,17 @@ def leader_drains(proc: ProcessObservation, where: ReplicaPlacement | None,
     return dep is None or spec_hash(desired.cluster, dep) != proc.spec_hash
 
 
+def placed_ips(p: ReplicaPlacement, addresses: Mapping[str, str]) -> set[str]:
+    """The addresses of the nodes the replica is placed on, as Ray names its members."""
+    return {addresses.get(n, n) for n in p.nodes}
+
+
 def unplaced_members(p: ReplicaPlacement, view: RayView | None,
                      addresses: Mapping[str, str]) -> tuple[str, ...]:
     """IPs of alive Ray members of the replica on nodes no longer placed."""
     if view is None:
         return ()
-    placed = {addresses.get(n, n) for n in p.nodes}
+    placed = placed_ips(p, addresses)
     return tuple(ip for ip in view.alive_nodes if ip not in placed)
 
 
@@ -148,7 +154,7 @@ def group_moved(w: Wanted, proc: ProcessObservation, observed: ObservedState,
     "" when the group matches its placement. Only with a drain set: without one the old
     follower leaves at once and its rank's death fails the engine, as before."""
     p = w.placement
-    drains = proc.drain_s is not None or w.dep.spec.rollout.drain_timeout_seconds is not None
+    drains = proc.drain_s is not None or drain_seconds(w.dep) is not None
     if (not drains or not p.multi_node or w.mp_multi or p.leader != node
             or w.member.role != "engine"):
         return ""
@@ -161,11 +167,9 @@ def regroup(work: PlanWork, w: Wanted, proc: ProcessObservation, moved: str,
     stays (the new follower has joined it at the same hash), the old follower leaves once
     the engine has stopped, and the engine starts again once no member is left on a node
     no longer placed (fate_sharing.formation_wait)."""
-    spec_drain = w.dep.spec.rollout.drain_timeout_seconds
     reason = (f"{w.member.replica}: Ray members on nodes no longer placed ({moved}): the "
               "group re-forms")
-    waiting = retire(work, w.member, reason, proc,
-                     None if spec_drain is None else float(spec_drain), observed, node,
+    waiting = retire(work, w.member, reason, proc, drain_seconds(w.dep), observed, node,
                      w.placement.leader)
     if waiting is not None and (w.member.role == "engine"
                                 or w.member.replica not in work.statuses):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from reconciler.core.drain import unplaced_members
+from reconciler.core.drain import placed_ips, unplaced_members
 from reconciler.core.launch import mp_multi_node
 from reconciler.core.members import PlanWork, Wanted
 from reconciler.core.vocabulary import (
@@ -71,7 +71,7 @@ def share_fate(
             view = observed.ray.get(key)
             # a member lost on a node no longer placed moved off (drain.regroup drained the
             # engine before it left); Ray keeps it DEAD in the head's table for good
-            placed = {work.addresses.get(n, n) for n in p.nodes}
+            placed = placed_ips(p, work.addresses)
             lost = tuple(ip for ip in view.lost if ip in placed) if view is not None else ()
             if view is not None and lost:
                 # a member that had joined this head died (or was cut off long enough for

@@ -109,8 +109,9 @@ def ray_temp_dir(state_dir: str, member: MemberKey, spec_hash: str) -> str:
     return f"{state_dir}/ray/{digest}"
 
 
-def _drain_s(dep: ModelDeployment) -> float | None:
-    t = dep.spec.rollout.drain_timeout_seconds
+def drain_seconds(dep: ModelDeployment | None) -> float | None:
+    """The deployment's rollout.drainTimeoutSeconds (None: no drain, or no deployment)."""
+    t = dep.spec.rollout.drain_timeout_seconds if dep is not None else None
     return None if t is None else float(t)
 
 
@@ -252,7 +253,7 @@ def engine_launch(
         host=None if headless else node.address,
         probe_timeout_s=spec.probes.timeout_seconds,
         probe_period_s=spec.probes.period_seconds,
-        drain_s=_drain_s(dep),
+        drain_s=drain_seconds(dep),
         leader=placement.leader if placement.multi_node else "",
     )
 
@@ -343,6 +344,6 @@ def ray_launch(
         gpus=gpus,
         startup_timeout_s=min(600.0, startup_timeout(cluster, dep)),
         host=node.address,
-        drain_s=_drain_s(dep),
+        drain_s=drain_seconds(dep),
         leader=placement.leader,
     )

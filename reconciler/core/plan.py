@@ -25,6 +25,7 @@ from reconciler.core import drain, fate_sharing, lifecycle, restarts, rollout, s
 from reconciler.core.gpu_assignment import assign_node_gpus, usable_gpus
 from reconciler.core.launch import (
     NodeContext,
+    drain_seconds,
     engine_launch,
     model_path_allowed,
     ray_launch,
@@ -98,15 +99,14 @@ def plan(
             # deleted, suspended, scaled in or moved: drained as it was launched to drain
             # (a deleted deployment's members still know: core/drain.py)
             dep = desired.deployments.get(member.replica.deployment)
-            spec_drain = dep.spec.rollout.drain_timeout_seconds if dep is not None else None
             where = placement.replicas.get(member.replica)
             why = (f"{member.replica}: its own engine serves the new spec; surge no longer "
                    "needed") if member.role == "surge" else why_unwanted(
                        member, desired, placement, node.name)
+            leader = where.leader if where is not None and where.multi_node else ""
             waiting = drain.retire(
-                work, member, why, proc, None if spec_drain is None else float(spec_drain),
-                observed, node.name, where.leader if where is not None and where.multi_node
-                else "", leader_drains=drain.leader_drains(proc, where, desired))
+                work, member, why, proc, drain_seconds(dep), observed, node.name, leader,
+                leader_drains=drain.leader_drains(proc, where, desired))
             if (waiting is not None and member.role != "surge"
                     and member.replica not in work.statuses):
                 work.statuses[member.replica] = drain.unwanted_status(

@@ -8,6 +8,7 @@ and starts new ones only once they are all gone.
 from __future__ import annotations
 
 from reconciler.core import drain
+from reconciler.core.launch import drain_seconds
 from reconciler.core.members import PlanWork, Wanted, status
 from reconciler.core.vocabulary import (
     MemberKey,
@@ -31,9 +32,7 @@ def replace_old(
     ok, why = _allows_replace(proc, w, observed, placement, node)
     if ok:
         reason = f"{w.member.replica}: spec changed (hash {proc.spec_hash} -> {w.spec_hash}); {why}"
-        spec_drain = w.dep.spec.rollout.drain_timeout_seconds
-        waiting = drain.retire(work, w.member, reason, proc,
-                               None if spec_drain is None else float(spec_drain), observed,
+        waiting = drain.retire(work, w.member, reason, proc, drain_seconds(w.dep), observed,
                                node, w.placement.leader if w.placement.multi_node else "")
         if waiting is not None and (w.member.replica not in work.statuses
                                     or w.member.role == "engine"):
